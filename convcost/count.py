@@ -1,0 +1,126 @@
+"""Parameter and MAC counts from the real modules via fvcore (``torch.utils.flop_counter`` fallback).
+
+Conventions: fvcore counts one fused multiply-add as one "flop"; convcost calls that a **MAC**
+and reports FLOPs = 2 x MACs. Params are trainable parameters (``numel`` summed), never buffers.
+Operators fvcore has no formula for are returned in ``unsupported_ops`` (name -> call count),
+never silently folded into a zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+FVCORE = "fvcore"
+FLOP_COUNTER = "torch.utils.flop_counter"
+
+
+@dataclass
+class Counts:
+    """Counts of one model run: MACs by module and by operator, params by module."""
+
+    macs: int
+    params: int
+    by_module: dict[str, int]
+    by_operator: dict[str, int]
+    params_by_module: dict[str, int]
+    unsupported_ops: dict[str, int]
+    counter: str = FVCORE
+    notes: list[str] = field(default_factory=list)
+
+
+def params_by_module(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters owned by each module prefix (``""`` is the whole model).
+
+    Shared parameters are counted once, at their first owner.
+    """
+    out: Counter[str] = Counter()
+    seen: set[int] = set()
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        parts = pname.split(".")[:-1]
+        out[""] += p.numel()
+        for i in range(1, len(parts) + 1):
+            out[".".join(parts[:i])] += p.numel()
+    return dict(out)
+
+
+class _QuietFvcore:
+    """Silence fvcore's logger while it runs: the core never prints, the report lists issues."""
+
+    def __enter__(self) -> None:
+        self._loggers = [logging.getLogger(n) for n in ("fvcore", "fvcore.nn.jit_analysis")]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc: Any) -> None:
+        for lg, lv in zip(self._loggers, self._levels, strict=False):
+            lg.setLevel(lv)
+
+
+def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
+    """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from convcost.inventory import eval_mode
+
+    with eval_mode(model), torch.no_grad(), _QuietFvcore(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fa = FlopCountAnalysis(model, inputs)
+        fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        by_module = {k: int(v) for k, v in fa.by_module().items()}
+        by_operator = {k: int(v) for k, v in fa.by_operator().items()}
+        unsupported = {k: int(v) for k, v in fa.unsupported_ops().items()}
+        total = int(fa.total())
+    pbm = params_by_module(model)
+    return Counts(macs=total, params=pbm.get("", 0), by_module=by_module, by_operator=by_operator,
+                  params_by_module=pbm, unsupported_ops=unsupported)
+
+
+_FC_OPS = {"convolution": "conv", "_convolution": "conv", "mm": "linear", "addmm": "linear",
+           "bmm": "matmul", "baddbmm": "matmul", "_scaled_dot_product_efficient_attention":
+           "attention", "_scaled_dot_product_flash_attention": "attention"}
+
+
+def count_flop_counter(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
+    """Count with ``torch.utils.flop_counter`` (no tracing; handles data-dependent control flow).
+
+    It reports FLOPs (2 per multiply-add) for conv and matmul-like ops only; converted to MACs.
+    Per-module keys are turned into qualified names.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from convcost.inventory import eval_mode
+
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*inputs)
+    counts = fc.get_flop_counts()
+    root = type(model).__name__
+    by_module: dict[str, int] = {}
+    by_operator: Counter[str] = Counter()
+    for key, ops in counts.items():
+        total = sum(int(v) for v in ops.values()) // 2
+        if key == "Global":
+            by_module[""] = total
+            for op, v in ops.items():
+                name = getattr(op, "_name", str(op)).split(".")[-1]
+                by_operator[_FC_OPS.get(name, name)] += int(v) // 2
+            continue
+        name = key[len(root) + 1:] if key.startswith(root + ".") else ("" if key == root else key)
+        by_module[name] = by_module.get(name, 0) + total if name else by_module.get("", total)
+    pbm = params_by_module(model)
+    return Counts(macs=by_module.get("", 0), params=pbm.get("", 0), by_module=by_module,
+                  by_operator=dict(by_operator), params_by_module=pbm, unsupported_ops={},
+                  counter=FLOP_COUNTER,
+                  notes=["fvcore could not trace this model; MACs come from "
+                         "torch.utils.flop_counter, which counts only conv and matmul-like ops "
+                         "(batch norm, pooling and elementwise ops are not counted)"])

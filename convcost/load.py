@@ -1,0 +1,222 @@
+"""Turn a SOURCE argument into a model and example inputs.
+
+Forms: ``spec.yaml`` (a layer spec), ``path/to/file.py:Name``, ``package.module:Name``,
+``torchvision:NAME``, ``timm:NAME`` and a saved ``torch.export`` program ``model.pt2``.
+``Name`` may be an ``nn.Module`` subclass constructible with no arguments, a factory function
+returning a module, or a module instance. Pickled ``.pt``/``.pth`` files are refused: unpickling
+runs arbitrary code. An import path executes only the module the user named.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convcost.errors import InputError, ModelError
+from convcost.spec import Spec, build_model, example_inputs, load_spec
+
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+SOURCE_FORMS = ("spec.yaml", "file.py:Name", "package.module:Name", "torchvision:NAME",
+                "timm:NAME", "model.pt2")
+
+
+@dataclass
+class Loaded:
+    """A model ready to analyse: the module (eval mode), its inputs, and where it came from."""
+
+    source: str
+    name: str
+    model: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    kind: str  # spec | python | torchvision | timm | export
+    spec: Spec | None = None
+
+
+def is_spec_path(source: str) -> bool:
+    return source.lower().endswith((".yaml", ".yml"))
+
+
+def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
+                batch: int | None = None) -> Loaded:
+    """Load any SOURCE form. Bad specs raise ``InputError`` (exit 2); models that cannot be
+    loaded or built raise ``ModelError`` (exit 3).
+    """
+    if is_spec_path(source):
+        if input_shape is not None:
+            raise InputError(f"{source}: --input-shape applies to models; a spec declares its "
+                             "own 'input' (use --batch to change the batch)")
+        spec = load_spec(source)
+        try:
+            model = build_model(spec)
+        except Exception as e:  # pragma: no cover - validation should catch everything
+            raise ModelError(f"{source}: could not build the spec's module: {e}") from e
+        return Loaded(source, spec.name, model, example_inputs(spec, batch), "spec", spec)
+
+    shape = _input_shape(input_shape, batch)
+    low = source.lower()
+    if low.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
+        raise ModelError(
+            f"{source}: pickled model files are not loaded (unpickling can run arbitrary code). "
+            "Export the model instead: torch.export.save(torch.export.export(model, (x,)), "
+            "'model.pt2'), or pass the code that builds it as file.py:Name")
+    if low.endswith(".pt2"):
+        return _load_export(source, shape)
+    if ":" not in source:
+        raise InputError(f"{source!r} is not a SOURCE; use one of: {', '.join(SOURCE_FORMS)}")
+    prefix, _, name = source.partition(":")
+    if not name:
+        raise InputError(f"{source!r}: nothing after ':'; use e.g. model.py:Net")
+    if prefix in ("torchvision", "tv"):
+        model = _torchvision(source, name)
+        kind = "torchvision"
+    elif prefix == "timm":
+        model = _timm(source, name)
+        kind = "timm"
+    elif prefix.endswith(".py"):
+        model = _instantiate(source, _attr_from_file(source, Path(prefix), name), name)
+        kind = "python"
+    else:
+        model = _instantiate(source, _attr_from_module(source, prefix, name), name)
+        kind = "python"
+    g = torch.Generator().manual_seed(0)
+    return Loaded(source, name, model.eval(), (torch.randn(shape, generator=g),), kind)
+
+
+def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int, ...]:
+    s = tuple(shape) if shape else DEFAULT_INPUT_SHAPE
+    if batch is not None:
+        s = (batch, *s[1:])
+    return s
+
+
+def _torchvision(source: str, name: str) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ModelError(f"{source}: torchvision is not installed; install it with "
+                         "pip install 'convcost[vision]' (or pip install torchvision matching "
+                         "your torch)") from e
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"{source}: torchvision has no classification model {name!r}{hint}")
+    try:
+        return torchvision.models.get_model(name, weights=None)
+    except Exception as e:
+        raise ModelError(f"{source}: torchvision could not build it: {e}") from e
+
+
+def _timm(source: str, name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as e:
+        raise ModelError(f"{source}: timm is not installed; install it with pip install timm") from e
+    try:
+        return timm.create_model(name, pretrained=False)
+    except Exception as e:
+        raise ModelError(f"{source}: timm could not build it: {type(e).__name__}: {e}") from e
+
+
+def _attr_from_file(source: str, path: Path, attr: str) -> Any:
+    if not path.exists():
+        raise ModelError(f"{source}: no such file {path}")
+    if path.is_dir():
+        raise ModelError(f"{source}: {path} is a directory, expected a .py file")
+    mod_name = f"convcost_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - .py always has a loader
+        raise ModelError(f"{source}: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # so the file's sibling imports resolve
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(mod_name, None)
+        raise ModelError(f"{source}: importing {path} failed: {_one_line(e)}") from e
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    return _getattr(source, module, attr, str(path))
+
+
+def _attr_from_module(source: str, modname: str, attr: str) -> Any:
+    cwd_added = "" not in sys.path and "." not in sys.path
+    if cwd_added:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        raise ModelError(f"{source}: no module named {e.name!r} (is it installed, or run from "
+                         "the folder that holds it?)") from e
+    except Exception as e:
+        raise ModelError(f"{source}: importing {modname} failed: {_one_line(e)}") from e
+    finally:
+        if cwd_added:
+            sys.path.remove("")
+    return _getattr(source, module, attr, modname)
+
+
+def _getattr(source: str, module: Any, attr: str, where: str) -> Any:
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            avail = sorted(n for n, v in vars(module).items()
+                           if not n.startswith("_") and (isinstance(v, nn.Module) or
+                                                         (isinstance(v, type) and issubclass(v, nn.Module))))
+            hint = f"; modules there: {', '.join(avail[:8])}" if avail else ""
+            raise ModelError(f"{source}: {where} has no attribute {attr!r}{hint}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _instantiate(source: str, obj: Any, name: str) -> nn.Module:
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise ModelError(f"{source}: {name!r} is a {type(obj).__name__}, not an nn.Module, a "
+                         "Module subclass or a factory function")
+    try:
+        model = obj()
+    except Exception as e:
+        raise ModelError(f"{source}: calling {name}() failed: {_one_line(e)}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{source}: {name}() returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _load_export(source: str, shape: tuple[int, ...]) -> Loaded:
+    path = Path(source)
+    if not path.is_file():
+        raise ModelError(f"{source}: no such file")
+    try:
+        ep = torch.export.load(str(path))
+        model = ep.module()
+    except Exception as e:
+        raise ModelError(f"{source}: not a loadable torch.export program: {_one_line(e)}") from e
+    # an exported program has fixed example input shapes: take them from its signature
+    try:
+        user = [s.arg.name for s in ep.graph_signature.input_specs
+                if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+        vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+        shapes = [tuple(int(d) for d in v.shape) for v in vals if v is not None] or [shape]
+    except Exception:  # pragma: no cover - fall back to the requested shape
+        shapes = [shape]
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(s, generator=g) for s in shapes)
+    return Loaded(source, path.stem, model, inputs, "export")
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")

@@ -1,0 +1,87 @@
+"""Human-readable numbers and quantities with decimal prefixes (k, M, G, T)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+_PREFIX_VALUE = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def human(n: float | int | None, digits: int = 3) -> str:
+    """Format a count with a decimal prefix and ``digits`` significant digits: 25557032 -> '25.6M'."""
+    if n is None:
+        return "-"
+    if n == 0:
+        return "0"
+    a = abs(n)
+    for scale, prefix in _PREFIXES:
+        if a >= scale * 0.9995:
+            return f"{_sig(n / scale, digits)}{prefix}"
+    if float(n).is_integer():
+        return str(int(n))
+    return _sig(n, digits)
+
+
+def _sig(x: float, digits: int) -> str:
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def fmt_ms(ms: float | None) -> str:
+    """Format a latency given in milliseconds, switching to microseconds below 1 ms."""
+    if ms is None:
+        return "-"
+    if ms < 1.0:
+        return f"{ms * 1000:.3g} us"
+    return f"{ms:.3g} ms"
+
+
+def fmt_ratio(r: float | None) -> str:
+    """Format a ratio to the baseline as 'x0.031'."""
+    if r is None or (isinstance(r, float) and math.isnan(r)):
+        return "-"
+    return f"x{_sig(r, 3) if r < 100 else f'{r:.0f}'}"
+
+
+_QTY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*$")
+
+
+def parse_count(text: str | int | float) -> float:
+    """Parse a count with an optional decimal prefix: '25M' -> 25e6, '4.1G' -> 4.1e9, 1000 -> 1000.
+
+    Raises ValueError with what is allowed.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a count; use a number with an optional k/M/G/T prefix")
+    if isinstance(text, (int, float)):
+        if text < 0 or not math.isfinite(text):
+            raise ValueError(f"{text!r} must be a finite number >= 0")
+        return float(text)
+    m = _QTY.match(str(text))
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a count; use a number with an optional k/M/G/T prefix, e.g. '25M'"
+        )
+    return float(m.group(1)) * _PREFIX_VALUE[m.group(2)]
+
+
+_TIME_UNITS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s)\s*$")
+
+
+def parse_duration_ms(text: str | int | float) -> float:
+    """Parse a duration such as '12 ms', '800us', '0.5 s' into milliseconds (a bare number is ms)."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration; use e.g. '12 ms', '800 us', '0.5 s'")
+    if isinstance(text, (int, float)):
+        if text < 0 or not math.isfinite(text):
+            raise ValueError(f"{text!r} must be a finite duration >= 0")
+        return float(text)
+    m = _TIME.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration; use e.g. '12 ms', '800 us', '0.5 s'")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)]

@@ -1,0 +1,133 @@
+"""Safe YAML loading that keeps line numbers, rejects duplicate keys and defuses alias bombs.
+
+The loader is a subclass of ``yaml.SafeLoader`` that only changes how mappings are built (to
+remember each key's line): it constructs plain Python data, never arbitrary objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from convcost.errors import InputError
+
+MAX_ALIASES = 64  # a spec has no need for more; a "billion laughs" document needs many
+MAX_DEPTH = 64  # nesting deeper than this is refused before Python's recursion limit
+MAX_BYTES = 8 * 1024 * 1024
+
+
+class _Problem(yaml.YAMLError):
+    """A problem our loader found, with its 1-based line."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class LineDict(dict):
+    """A dict that remembers the 1-based line of itself and of each of its keys."""
+
+    line: int | None = None
+    key_lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int | None:
+        """Line of ``key`` if known, else the line of the mapping itself."""
+        return getattr(self, "key_lines", {}).get(key, self.line)
+
+
+class _LineSafeLoader(yaml.SafeLoader):
+    """SafeLoader plus line numbers, duplicate-key errors and alias/depth limits."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _Problem(mark.line + 1, f"more than {MAX_ALIASES} YAML aliases (*ref); "
+                               "specs do not need them and this looks like an alias bomb")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Problem(mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _construct_mapping(loader: _LineSafeLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    out = LineDict()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise _Problem(key_node.start_mark.line + 1,
+                           "a mapping key must be a plain value") from None
+        if key in out:
+            raise _Problem(key_node.start_mark.line + 1,
+                           f"duplicate key {key!r} (first on line {out.key_lines[key]})")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+_LineSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text safely; errors become one-line ``InputError`` naming ``source`` and line."""
+    try:
+        return yaml.load(text, Loader=_LineSafeLoader)
+    except _Problem as e:
+        raise InputError(f"{source}:{e.line}: {e.message}") from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise InputError(f"{source}{line}: YAML syntax error: {what}") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"{source}: YAML error: {e}") from e
+    except RecursionError as e:
+        raise InputError(f"{source}: YAML nesting too deep") from e
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """Read a UTF-8 text file, turning every OS/encoding problem into one ``InputError`` line."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such {what}")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a {what}")
+    try:
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise InputError(f"{p}: {size} bytes is too large for a {what} (limit {MAX_BYTES})")
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from e
+
+
+def load_yaml_file(path: str | Path, what: str = "file") -> Any:
+    """Read and parse a YAML file; an empty file is an error."""
+    text = read_text_file(path, what)
+    data = load_yaml_text(text, str(path))
+    if data is None:
+        raise InputError(f"{path}: empty {what}")
+    return data
