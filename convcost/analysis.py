@@ -10,7 +10,14 @@ from torch import nn
 from convcost import __version__
 from convcost.count import FVCORE, Counts, count_flop_counter, count_fvcore
 from convcost.errors import ModelError
-from convcost.inventory import ModuleRecord, describe, is_leaf, record_modules
+from convcost.inventory import (
+    ForwardError,
+    ModuleRecord,
+    ShapeRecorder,
+    describe,
+    is_leaf,
+    record_modules,
+)
 
 SCHEMA_VERSION = 1
 
@@ -39,6 +46,7 @@ class LayerRow:
     stride: list[int] | None = None
     padding: list[int] | None = None
     dilation: list[int] | None = None
+    bias: bool | None = None
     calls: int = 1
     latency_ms: float | None = None
 
@@ -116,6 +124,7 @@ def _row(name: str, rec: ModuleRecord | None, m: nn.Module, params: int, macs: i
         row.stride = _tolist(m.stride)
         row.padding = _tolist(m.padding) if not isinstance(m.padding, str) else None
         row.dilation = _tolist(m.dilation)
+        row.bias = m.bias is not None
     return row
 
 
@@ -170,14 +179,24 @@ def build_hierarchy(model: nn.Module, records: dict[str, ModuleRecord],
 def analyze_model(model: nn.Module, inputs: tuple[Any, ...], *, source: str, name: str,
                   dtype: str = "fp32") -> AnalysisReport:
     """Count a model: records shapes with hooks, counts with fvcore (flop_counter fallback)."""
-    try:
-        records = record_modules(model, inputs)
-    except Exception as e:  # the model's own error, one line
-        raise ModelError(f"{source}: forward pass failed: {_where(e)}") from e
+    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
     notes: list[str] = []
+    records: dict[str, ModuleRecord] | None = None
     try:
-        counts = count_fvcore(model, inputs)
+        # fvcore's JIT trace runs the real forward: record shapes during it (no extra pass)
+        with ShapeRecorder(model) as recorder:
+            counts = count_fvcore(model, inputs)
+        records = recorder.ordered()
+        missed = _missed_by_trace(model, records, counts)
+        if missed:
+            raise RuntimeError(f"its trace saw no work in {len(missed)} conv/linear module(s) "
+                               f"that ran, e.g. '{missed[0]}'")
     except Exception as e_fv:
+        try:  # a plain forward: the model's own error, naming the module, if it fails here too
+            records = record_modules(model, inputs)
+        except ForwardError as e:
+            raise ModelError(f"{source}: forward pass on input {shapes} failed in module "
+                             f"'{e.module}': {_where(e.error)}") from e.error
         try:
             counts = count_flop_counter(model, inputs)
         except Exception as e_fc:
@@ -193,6 +212,17 @@ def analyze_model(model: nn.Module, inputs: tuple[Any, ...], *, source: str, nam
         by_operator=dict(sorted(counts.by_operator.items(), key=lambda kv: -kv[1])),
         unsupported_ops=dict(sorted(counts.unsupported_ops.items())), layers=rows,
         hierarchy=build_hierarchy(model, records, counts), counter=counts.counter, notes=notes)
+
+
+def _missed_by_trace(model: nn.Module, records: dict[str, ModuleRecord], counts: Counts) -> list[str]:
+    """Conv/linear modules that ran (per the hooks) but got no MACs from fvcore's JIT trace.
+
+    fvcore traces silently to an empty graph when, e.g., a forward returns None; a module that
+    really ran a convolution always has MACs, so a zero means the trace missed it.
+    """
+    mods = dict(model.named_modules())
+    return [n for n in records if isinstance(mods.get(n), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            and counts.by_module.get(n, 0) == 0]
 
 
 def _first_line(e: BaseException) -> str:

@@ -92,15 +92,20 @@ def _common(f: Callable) -> Callable:
     return f
 
 
+def _write_file(path: Path, text: str) -> None:
+    """Write where the user pointed; OS problems become one ``InputError`` line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot write: {e.strerror or e}") from e
+
+
 def _write_or_print(text: str, output: Path | None, console: Console) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{output}: cannot write: {e.strerror or e}") from e
+    _write_file(output, text)
     click.echo(f"wrote {output}", err=True)
 
 
@@ -139,9 +144,12 @@ def cli() -> None:
               "(default 1,3,224,224); a spec declares its own.")
 @click.option("--depth", type=click.IntRange(0, 64), help="Collapse the table to the module "
               "hierarchy at this depth (0 = whole model).")
+@click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the conv inventory as a spec of independent layers to FILE.")
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
-            input_shape: tuple[int, ...] | None, depth: int | None) -> None:
+            input_shape: tuple[int, ...] | None, depth: int | None,
+            export_spec: Path | None) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.analysis import analyze_model
     from convcost.load import load_source
@@ -152,6 +160,14 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
     report = analyze_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
                            dtype=dtype)
     console = stdout_console()
+    if export_spec is not None:
+        from convcost.export import export_spec_yaml
+
+        text, notes = export_spec_yaml(report)
+        _write_file(export_spec, text)
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        click.echo(f"wrote {export_spec}", err=True)
     if fmt == "table" and output is None:
         for r in analysis_renderables(report, depth=depth):
             console.print(r)

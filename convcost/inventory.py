@@ -106,7 +106,7 @@ class ModuleRecord:
 
 def _first_shape(x: Any) -> list[int] | None:
     if isinstance(x, torch.Tensor):
-        return list(x.shape)
+        return [int(d) for d in x.shape]  # sizes may be traced 0-d tensors under jit.trace
     if isinstance(x, (list, tuple)):
         for item in x:
             s = _first_shape(item)
@@ -120,11 +120,31 @@ def _first_shape(x: Any) -> list[int] | None:
     return None
 
 
+_get_tracing = getattr(torch._C, "_get_tracing_state", None)
+_set_tracing = getattr(torch._C, "_set_tracing_state", None)
+
+
+def _shape_untraced(x: Any) -> list[int] | None:
+    """``_first_shape`` with the JIT tracer paused: reading sizes while fvcore traces would
+    otherwise add size/Int nodes to its graph and double the cost of the trace."""
+    state = _get_tracing() if _get_tracing is not None and _set_tracing is not None else None
+    if state is None:
+        return _first_shape(x)
+    _set_tracing(None)
+    try:
+        return _first_shape(x)
+    finally:
+        _set_tracing(state)
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Put every submodule in eval mode and restore each one's own mode afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export's unflattened modules refuse eval(); already fixed
+        pass
     try:
         yield model
     finally:
@@ -132,37 +152,80 @@ def eval_mode(model: nn.Module):
             m.training = t
 
 
-def record_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, ModuleRecord]:
-    """Run ``model(*inputs)`` once (eval, no grad) with hooks on every module; returns records by
-    qualified name in first-call order. The root module has the name ``""``.
-    """
-    records: dict[str, ModuleRecord] = {}
-    counter = [0]
-    handles = []
+class ForwardError(Exception):
+    """A model's forward raised; ``module`` is the innermost module that was running."""
 
-    def make_hook(name: str):
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(f"{module}: {error}")
+        self.module, self.error = module, error
+
+
+class ShapeRecorder:
+    """Context manager: forward hooks on every module record first-call shapes and call counts.
+
+    Used around any forward (a plain one, or fvcore's JIT trace, which runs the real forward),
+    so shapes cost no extra pass. ``running`` is the stack of modules currently executing: after
+    an exception its top names the innermost module that failed.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.records: dict[str, ModuleRecord] = {}
+        self.running: list[str] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ShapeRecorder:
+        for name, mod in self.model.named_modules():
+            self._handles.append(mod.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(mod.register_forward_hook(self._post(name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _pre(self, name: str):
+        def hook(mod: nn.Module, args: tuple) -> None:
+            self.running.append(name)
+        return hook
+
+    def _post(self, name: str):
         def hook(mod: nn.Module, args: tuple, out: Any) -> None:
-            rec = records.get(name)
+            if self.running and self.running[-1] == name:
+                self.running.pop()
+            rec = self.records.get(name)
             if rec is None:
-                counter[0] += 1
-                records[name] = ModuleRecord(name, mod, _first_shape(args), _first_shape(out),
-                                             1, counter[0])
+                self.records[name] = ModuleRecord(name, mod, _shape_untraced(args),
+                                                  _shape_untraced(out), 1, len(self.records) + 1)
             else:
                 rec.calls += 1
         return hook
 
-    for name, mod in model.named_modules():
-        handles.append(mod.register_forward_hook(make_hook(name)))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    # forward hooks fire on exit, so parents come after children; order by first *entry* instead
-    names = [n for n, _ in model.named_modules()]
-    rank = {n: i for i, n in enumerate(names)}
-    return dict(sorted(records.items(), key=lambda kv: rank.get(kv[0], 1 << 30)))
+    def reset(self) -> None:
+        self.records.clear()
+        self.running.clear()
+
+    def ordered(self) -> dict[str, ModuleRecord]:
+        """Records in the model's definition order."""
+        rank = {n: i for i, (n, _) in enumerate(self.model.named_modules())}
+        return dict(sorted(self.records.items(), key=lambda kv: rank.get(kv[0], 1 << 30)))
+
+
+def record_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, ModuleRecord]:
+    """Run ``model(*inputs)`` once (eval, no grad) and return every module's record by qualified
+    name in definition order. The root module has the name ``""``.
+
+    Raises :class:`ForwardError` naming the innermost module that was running when it failed.
+    """
+    with ShapeRecorder(model) as rec:
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(*inputs)
+        except Exception as e:
+            where = rec.running[-1] if rec.running else ""
+            raise ForwardError(where or f"(top-level {type(model).__name__})", e) from e
+    return rec.ordered()
 
 
 def is_leaf(m: nn.Module) -> bool:

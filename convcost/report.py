@@ -131,7 +131,8 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
         "flops": r.flops, "latency_ms": r.latency_ms,
     }
     if r.kernel is not None:
-        d.update(kernel=r.kernel, stride=r.stride, padding=r.padding, dilation=r.dilation)
+        d.update(kernel=r.kernel, stride=r.stride, padding=r.padding, dilation=r.dilation,
+                 bias=r.bias)
     if r.calls != 1:
         d["calls"] = r.calls
     return d
