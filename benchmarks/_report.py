@@ -38,7 +38,9 @@ def environment() -> str:
 def write_section(key: str, body: str) -> None:
     """Replace (or append) the section between <!-- key:start --> and <!-- key:end -->."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section is replaced when its script runs.\n"
+    text = DOC.read_text() if DOC.exists() else (
+        "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section is replaced when "
+        "its script runs.\n")
     block = f"<!-- {key}:start -->\n{body.rstrip()}\n<!-- {key}:end -->"
     pat = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pat.sub(lambda _m: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"

@@ -81,9 +81,11 @@ def main() -> None:
     overhead = cc / fv - 1
     body = (
         "## Static analysis: `convcost analyze` vs fvcore (issue 3)\n\n" + environment() +
-        f"- model: examples/models.py:ResNet50, input 1x3x224x224, {args.repeats} interleaved repeats, median\n\n"
+        f"- model: examples/models.py:ResNet50, input 1x3x224x224, {args.repeats} interleaved "
+        "repeats, median\n\n"
         "| measurement | median (s) | ratio |\n|---|---:|---:|\n"
-        f"| fvcore direct: build model + FlopCountAnalysis (total, by_module, by_operator) | {fv:.3f} | 1.00 |\n"
+        "| fvcore direct: build model + FlopCountAnalysis (total, by_module, by_operator) | "
+        f"{fv:.3f} | 1.00 |\n"
         f"| convcost pipeline: load source, shapes + fvcore, rows, JSON | {cc:.3f} | {cc / fv:.2f} |\n"
         f"| whole command `convcost analyze ... -f json` (new process) | {wall:.3f} | |\n\n"
         f"convcost's own work: {100 * overhead:+.1f}% over fvcore (goal: at most +25%); "

@@ -6,7 +6,7 @@ Shapes include the batch dimension.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,10 +141,8 @@ def _shape_untraced(x: Any) -> list[int] | None:
 def eval_mode(model: nn.Module):
     """Put every submodule in eval mode and restore each one's own mode afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    try:
+    with suppress(NotImplementedError):  # torch.export's modules refuse eval(); already fixed
         model.eval()
-    except NotImplementedError:  # torch.export's unflattened modules refuse eval(); already fixed
-        pass
     try:
         yield model
     finally:

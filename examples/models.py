@@ -72,12 +72,12 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def ResNet50() -> ResNet:  # noqa: N802 - named like the architecture
+def ResNet50() -> ResNet:
     """ResNet-50: 25,557,032 params, 4.09 G MACs at 224x224."""
     return ResNet((3, 4, 6, 3))
 
 
-def ResNeXt50_32x4d() -> ResNet:  # noqa: N802
+def ResNeXt50_32x4d() -> ResNet:
     """ResNeXt-50 32x4d: 25,028,904 params, 4.23 G MACs at 224x224."""
     return ResNet((3, 4, 6, 3), groups=32, width_per_group=4)
 
