@@ -87,6 +87,74 @@ class ShapeType(click.ParamType):
         return dims
 
 
+class GroupsType(click.ParamType):
+    """``--groups 1,2,4,8`` or ``all`` (every g dividing both C and N of each layer) -> tuple or None."""
+
+    name = "G[,G...]|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...] | None:
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        parts = [p.strip() for p in text.split(",")]
+        if not parts or any(not p for p in parts):
+            self.fail(f"{value!r}: use a comma list of positive integers such as 1,2,4,8, or "
+                      "'all'", param, ctx)
+        out: list[int] = []
+        for p in parts:
+            if not p.isdigit() or int(p) < 1:
+                self.fail(f"{p!r} in {value!r} is not a positive integer; use e.g. 1,2,4,8 or "
+                          "'all'", param, ctx)
+            if int(p) > 1 << 20:
+                self.fail(f"{p!r} is larger than {1 << 20}", param, ctx)
+            if int(p) not in out:
+                out.append(int(p))
+        return tuple(out)
+
+
+class VariantsType(click.ParamType):
+    """``--variants grouped,depthwise,separable`` or ``all``."""
+
+    name = "V[,V...]|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        from convcost.variants import VARIANTS
+
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return VARIANTS
+        out: list[str] = []
+        for p in (x.strip() for x in text.split(",")):
+            if p not in VARIANTS:
+                self.fail(f"{p!r} is not a variant; choose from {', '.join(VARIANTS)} or 'all'",
+                          param, ctx)
+            if p not in out:
+                out.append(p)
+        return tuple(out)
+
+
+class IntListType(click.ParamType):
+    """``3`` or ``1,3`` -> (1, 3): positive integers."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r}: use positive integers separated by commas, e.g. 3 or 1,3",
+                      param, ctx)
+        if any(x < 1 for x in out):
+            self.fail(f"{value!r}: sizes must be positive", param, ctx)
+        return out
+
+
 def _common(f: Callable) -> Callable:
     f = traceback_option(f)
     return f
@@ -173,6 +241,93 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             console.print(r)
         return
     _write_or_print(render_analysis(report, fmt, depth=depth), output, console)
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--groups", "groups", type=GroupsType(), default="1,2,4,8", show_default=True,
+              help="Groups for the grouped variants: a comma list, or 'all' (every valid g).")
+@click.option("--variants", "variant_names", type=VariantsType(),
+              default="grouped,depthwise,separable", show_default=True,
+              help="Variants: dense, grouped, depthwise, separable, pointwise-grouped, shuffle, "
+                   "gdc, or 'all'.")
+@click.option("--in", "cin", type=click.IntRange(1, 1 << 16), default=64, show_default=True,
+              help="Built-in layer: input channels C.")
+@click.option("--out", "cout", type=click.IntRange(1, 1 << 16), default=64, show_default=True,
+              help="Built-in layer: output channels N.")
+@click.option("--kernel", type=click.IntRange(1, 64), default=3, show_default=True,
+              help="Built-in layer: kernel size K (padding K//2).")
+@click.option("--size", type=click.IntRange(1, 1 << 14), default=56, show_default=True,
+              help="Built-in layer: input height and width.")
+@click.option("--stride", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Built-in layer: stride.")
+@click.option("--batch", type=click.IntRange(1, 1 << 16), help="Batch size (built-in layer: 32).")
+@click.option("--input-shape", type=ShapeType(), help="Input shape B,C,H,W for a model.")
+@click.option("--layers", "layer_globs", multiple=True, metavar="GLOB",
+              help="Only convs whose qualified name matches GLOB (repeatable, or comma list).")
+@click.option("--kernel-size", "kernel_sizes", type=IntListType(), default=None,
+              help="Only convs with this square kernel size, e.g. 3 or 1,3.")
+@click.option("--model-only", is_flag=True, help="With a SOURCE: print only the whole-model rows.")
+@click.option("--no-model", is_flag=True, help="With a SOURCE: skip the whole-model rows.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to FILE instead of standard output.")
+@_common
+def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
+            cin: int, cout: int, kernel: int, size: int, stride: int, batch: int | None,
+            input_shape: tuple[int, ...] | None, layer_globs: tuple[str, ...],
+            kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
+            output: Path | None) -> None:
+    """Params and MACs of cheaper variants of each conv, counted next to the closed form.
+
+    \b
+    Without SOURCE: a built-in layer, 64->64 3x3 on 56x56, batch 32 (see --in, --out,
+    --kernel, --size, --stride, --batch). With SOURCE (spec or model): every Conv2d (or those
+    picked by --layers / --kernel-size), and the whole model with each variant substituted.
+    """
+    from convcost.compare import DEFAULT_LAYER, compare_default, compare_model
+    from convcost.load import load_source
+    from convcost.report import compare_renderables, render_compare
+    from convcost.variants import ConvLayer, Skip, expand_variants
+
+    ctx = click.get_current_context()
+    layer_opts = [p for p in ("cin", "cout", "kernel", "size", "stride")
+                  if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    globs = tuple(g for item in layer_globs for g in item.split(",") if g)
+    if source is None:
+        if globs or kernel_sizes or input_shape or model_only or no_model:
+            raise InputError("--layers, --kernel-size, --input-shape, --model-only and --no-model "
+                             "need a SOURCE")
+        if kernel > size:
+            raise InputError(f"--kernel {kernel} is larger than --size {size}")
+        layer = ConvLayer(cin, cout, (kernel, kernel), (stride, stride), (kernel // 2,) * 2,
+                          in_hw=(size, size), batch=batch or DEFAULT_LAYER.batch)
+        gs = groups if groups is not None else tuple(_valid_groups(layer))
+        report = compare_default(layer, expand_variants(variant_names, gs))
+    else:
+        if layer_opts:
+            raise InputError(f"--{layer_opts[0].replace('cin', 'in').replace('cout', 'out')} "
+                             "describes the built-in layer; with a SOURCE the layers come from it")
+        loaded = load_source(source, input_shape=input_shape, batch=batch)
+        try:
+            report = compare_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
+                                   variant_names=variant_names, groups=groups, globs=globs,
+                                   kernel_sizes=kernel_sizes or (), whole_model=not no_model)
+        except Skip as e:
+            raise InputError(f"{source}: {e}") from e
+    if fmt == "table" and output is None:
+        console = stdout_console()
+        for r in compare_renderables(report, per_layer=not model_only):
+            console.print(r)
+        return
+    _write_or_print(render_compare(report, fmt, per_layer=not model_only), output, stdout_console())
+
+
+def _valid_groups(layer: Any) -> list[int]:
+    from convcost.variants import valid_groups
+
+    return valid_groups(layer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,295 @@
+"""`compare`: build each variant of each selected conv as real modules, count it with fvcore, and
+put the counted ratio next to the closed-form one; optionally substitute whole models.
+
+Ratios are ``variant / baseline``; the baseline of a layer is the layer as it is in the source
+(for the built-in default layer: a dense conv). The analytic ratio is the closed form of the
+weights (the papers' convention); with a bias the counted params ratio differs by the bias terms,
+which the report explains. Counted and closed form must agree exactly, else a warning is shown.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from convcost.analysis import LayerRow, analyze_model
+from convcost.count import count_fvcore
+from convcost.variants import (
+    FORMULAS,
+    ClosedForm,
+    ConvLayer,
+    Skip,
+    Variant,
+    build,
+    closed_form,
+    expand_variants,
+    original_closed_form,
+    paper_ratio,
+    valid_groups,
+)
+
+ORIGINAL = "original"
+DEFAULT_LAYER = ConvLayer(cin=64, cout=64, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+                          in_hw=(56, 56), batch=32)
+
+
+@dataclass
+class CompareRow:
+    """One variant of one layer (or of the whole model when ``layer`` is ``"(model)"``)."""
+
+    layer: str
+    variant: str
+    groups: int | None
+    params: int | None = None
+    macs: int | None = None
+    ratio_params: float | None = None
+    ratio_macs: float | None = None
+    analytic_params: float | None = None
+    analytic_macs: float | None = None
+    formula: str | None = None
+    paper: float | None = None
+    skipped: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    ratio_latency: float | None = None
+    timing: dict[str, Any] | None = None
+    substituted: int | None = None  # model rows: how many selected convs were replaced
+    kept: list[tuple[str, str]] = field(default_factory=list)  # model rows: (layer, why kept)
+
+    @property
+    def flops(self) -> int | None:
+        return None if self.macs is None else 2 * self.macs
+
+    @property
+    def label(self) -> str:
+        return Variant(self.variant, self.groups).label if self.variant != ORIGINAL else ORIGINAL
+
+
+@dataclass
+class LayerCompare:
+    name: str
+    layer: ConvLayer
+    baseline: CompareRow
+    rows: list[CompareRow]
+
+
+@dataclass
+class CompareReport:
+    source: str
+    name: str
+    variants: list[Variant]
+    layers: list[LayerCompare]
+    model_baseline: CompareRow | None = None
+    model_rows: list[CompareRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dtype: str = "fp32"
+    device: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+
+    @property
+    def is_model(self) -> bool:
+        return self.model_baseline is not None
+
+
+class _Counter:
+    """fvcore counts of single modules, cached by (layer, variant): a model repeats shapes."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[ConvLayer, Variant | None], tuple[int, int]] = {}
+
+    def count(self, layer: ConvLayer, v: Variant | None, module: nn.Module) -> tuple[int, int]:
+        key = (layer, v)
+        if key not in self.cache:
+            x = torch.zeros(layer.input_shape)
+            c = count_fvcore(module, (x,))
+            self.cache[key] = (c.params, c.macs)
+        return self.cache[key]
+
+
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter: _Counter | None = None,
+                  original: nn.Module | None = None) -> LayerCompare:
+    """Count every variant of one conv and its ratios to the layer as it is."""
+    counter = counter or _Counter()
+    orig_mod = original if original is not None else nn.Conv2d(
+        layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding, layer.dilation,
+        layer.groups, layer.bias)
+    bp, bm = counter.count(layer, None, orig_mod)
+    base_cf = original_closed_form(layer)
+    base = CompareRow(name, ORIGINAL, layer.groups, bp, bm, 1.0, 1.0, 1.0, 1.0)
+    _check_closed_form(base, base_cf, bp, bm)
+    rows = []
+    for v in variants:
+        row = CompareRow(name, v.name, v.groups, formula=FORMULAS.get(v.name))
+        try:
+            module = build(layer, v)
+        except Skip as e:
+            row.skipped = str(e)
+            rows.append(row)
+            continue
+        p, m = counter.count(layer, v, module)
+        cf = closed_form(layer, v)
+        row.params, row.macs = p, m
+        row.ratio_params, row.ratio_macs = _ratio(p, bp), _ratio(m, bm)
+        row.analytic_params = cf.weights / base_cf.weights
+        row.analytic_macs = cf.macs / base_cf.macs if base_cf.macs else None
+        row.paper = float(paper_ratio(layer, v))
+        _check_closed_form(row, cf, p, m)
+        if layer.bias and row.ratio_params != row.analytic_params:
+            row.warnings.append(f"the layer has a bias ({layer.cout} params, no MACs): counted "
+                                "params include it, the analytic ratio is weights only")
+        elif not layer.bias and (row.ratio_params != row.analytic_params
+                                 or row.ratio_macs != row.analytic_macs):
+            row.warnings.append(f"counted ratio (params x{row.ratio_params:.6g}, MACs "
+                                f"x{row.ratio_macs:.6g}) differs from the closed form (params "
+                                f"x{row.analytic_params:.6g}, MACs x{row.analytic_macs:.6g})")
+        rows.append(row)
+    return LayerCompare(name, layer, base, rows)
+
+
+def _check_closed_form(row: CompareRow, cf: ClosedForm, params: int, macs: int) -> None:
+    if params != cf.params or macs != cf.macs:
+        row.warnings.append(f"fvcore counted {params} params / {macs} MACs but the closed form "
+                            f"gives {cf.params} / {cf.macs}")
+
+
+def compare_default(layer: ConvLayer = DEFAULT_LAYER,
+                    variants: list[Variant] | None = None) -> CompareReport:
+    """Compare the variants of one standalone conv (the built-in default unless given)."""
+    vs = variants or expand_variants(("grouped", "depthwise", "separable"), (1, 2, 4, 8))
+    lc = compare_layer("layer", layer, vs)
+    return CompareReport(source="built-in layer", name=layer.describe(), variants=vs, layers=[lc])
+
+
+def select_convs(rows: list[LayerRow], modules: dict[str, nn.Module], globs: tuple[str, ...],
+                 kernel_sizes: tuple[int, ...]) -> list[LayerRow]:
+    """Conv2d rows matching any ``--layers`` glob and any ``--kernel-size`` (all when empty)."""
+    out = []
+    for r in rows:
+        m = modules.get(r.name)
+        if not isinstance(m, nn.Conv2d) or r.in_shape is None or len(r.in_shape) != 4:
+            continue
+        if globs and not any(fnmatch.fnmatchcase(r.name, g) for g in globs):
+            continue
+        if kernel_sizes and not (m.kernel_size[0] == m.kernel_size[1]
+                                 and m.kernel_size[0] in kernel_sizes):
+            continue
+        out.append(r)
+    return out
+
+
+def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, leaf = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def compare_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, source: str, name: str,
+                  variant_names: tuple[str, ...], groups: tuple[int, ...] | None,
+                  globs: tuple[str, ...] = (), kernel_sizes: tuple[int, ...] = (),
+                  whole_model: bool = True,
+                  progress: Callable[[str], None] | None = None) -> CompareReport:
+    """Per-layer variant rows for the selected convs, and whole-model rows (every selected conv
+    replaced by the variant where it is valid; the others kept and listed).
+
+    ``groups`` None means ``all``: every valid divisor of each layer (model rows take the union).
+    """
+    analysis = analyze_model(model, inputs, source=source, name=name)
+    modules = dict(model.named_modules())
+    selected = select_convs(analysis.layers, modules, globs, kernel_sizes)
+    notes = []
+    if not selected:
+        what = []
+        if globs:
+            what.append(f"--layers {','.join(globs)}")
+        if kernel_sizes:
+            what.append(f"--kernel-size {','.join(map(str, kernel_sizes))}")
+        raise Skip("no Conv2d layer matches " + (" and ".join(what) if what else "in this model"))
+    counter = _Counter()
+    layers: list[LayerCompare] = []
+    union_groups: list[int] = []
+    for r in selected:
+        layer = ConvLayer.from_module(modules[r.name], r.in_shape)
+        gs = tuple(groups) if groups is not None else tuple(valid_groups(layer))
+        union_groups += [g for g in gs if g not in union_groups]
+        if progress:
+            progress(r.name)
+        layers.append(compare_layer(r.name, layer, expand_variants(variant_names, gs), counter,
+                                    modules[r.name]))
+    model_variants = expand_variants(variant_names, tuple(sorted(union_groups)))
+    report = CompareReport(source=source, name=name, variants=model_variants, layers=layers,
+                           notes=notes, dtype="fp32")
+    if whole_model:
+        report.model_baseline = CompareRow("(model)", ORIGINAL, None, analysis.params,
+                                           analysis.macs, 1.0, 1.0, 1.0, 1.0)
+        for v in model_variants:
+            if progress:
+                progress(f"model: {v.label}")
+            report.model_rows.append(_model_row(model, inputs, layers, v, analysis.params,
+                                                analysis.macs))
+    return report
+
+
+def substitute(model: nn.Module, layers: list[LayerCompare],
+               v: Variant) -> tuple[nn.Module, list[str], list[tuple[str, str]]]:
+    """A copy of ``model`` with each layer replaced by variant ``v`` where valid.
+
+    Returns (new model, substituted layer names, [(kept layer, reason)]).
+    """
+    new = copy.deepcopy(model)
+    done, kept = [], []
+    for lc in layers:
+        try:
+            _set_module(new, lc.name, build(lc.layer, v))
+            done.append(lc.name)
+        except Skip as e:
+            kept.append((lc.name, str(e)))
+    return new.eval(), done, kept
+
+
+def _model_row(model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[LayerCompare],
+               v: Variant, base_params: int, base_macs: int) -> CompareRow:
+    row = CompareRow("(model)", v.name, v.groups, formula=FORMULAS.get(v.name))
+    new, done, kept = substitute(model, layers, v)
+    row.substituted, row.kept = len(done), kept
+    if not done:
+        row.skipped = f"no selected layer accepts it ({kept[0][1]})" if kept else "no layer selected"
+        return row
+    c = count_fvcore(new, inputs)
+    row.params, row.macs = c.params, c.macs
+    row.ratio_params, row.ratio_macs = _ratio(c.params, base_params), _ratio(c.macs, base_macs)
+    # closed form over the selected convs only (substituted ones as the variant, kept as they are)
+    by = {lc.name: lc for lc in layers}
+    cf_new_w = cf_new_m = cf_old_w = cf_old_m = 0
+    delta_params = 0
+    for lc in layers:
+        old = original_closed_form(lc.layer)
+        cf_old_w += old.weights
+        cf_old_m += old.macs
+        if lc.name in done:
+            cf = closed_form(lc.layer, v)
+            vrow = next(r for r in by[lc.name].rows if r.variant == v.name and r.groups == v.groups)
+            delta_params += (vrow.params or 0) - (lc.baseline.params or 0)
+        else:
+            cf = old
+        cf_new_w += cf.weights
+        cf_new_m += cf.macs
+    row.analytic_params = cf_new_w / cf_old_w
+    row.analytic_macs = cf_new_m / cf_old_m if cf_old_m else None
+    if c.params != base_params + delta_params:
+        row.warnings.append(f"substituted model has {c.params} params but the layer rows sum to "
+                            f"{base_params + delta_params}")
+    if kept:
+        row.warnings.append(f"{len(kept)} of {len(layers)} selected convs kept as they are "
+                            f"(e.g. {kept[0][0]}: {kept[0][1]})")
+    return row
+
