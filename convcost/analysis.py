@@ -49,6 +49,7 @@ class LayerRow:
     bias: bool | None = None
     calls: int = 1
     latency_ms: float | None = None
+    timing: dict[str, Any] | None = None  # measurement and roofline when timed
 
     @property
     def flops(self) -> int:

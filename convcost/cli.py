@@ -160,6 +160,83 @@ def _common(f: Callable) -> Callable:
     return f
 
 
+def timing_options(f: Callable) -> Callable:
+    """Options shared by the commands that time kernels."""
+    opts = [
+        click.option("--time/--no-time", "do_time", default=True, show_default=True,
+                     help="Time the real kernels (--no-time: counts only)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]),
+                     help="Kernel dtype; fp32 means TF32 off (default: the spec's, else fp32)."),
+        click.option("--channels-last/--contiguous", "channels_last", default=None,
+                     help="Memory format (default: channels-last for fp16/bf16 on CUDA)."),
+        click.option("--threads", type=click.IntRange(1, 1024),
+                     help="CPU threads for timing (default: torch's)."),
+        click.option("--cold", is_flag=True,
+                     help="Flush the caches (L2 on CUDA) before each timed call."),
+        click.option("--max-time", type=click.FloatRange(0.001, 3600), default=1.0,
+                     show_default=True, help="Time cap per measurement, in seconds."),
+        click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _timing_config(device: str, dtype: str | None, channels_last: bool | None,
+                   threads: int | None, cold: bool, max_time: float, default_dtype: str = "fp32"):
+    from convcost.device import Numerics, resolve_device
+    from convcost.timing import TimingConfig
+
+    dev = resolve_device(device)
+    dt = dtype or default_dtype
+    cl = channels_last if channels_last is not None else (dev.startswith("cuda")
+                                                         and dt in ("fp16", "bf16"))
+    return TimingConfig(numerics=Numerics(dev, dt, cl, threads), cold=cold, max_time_s=max_time)
+
+
+class RichProgress:
+    """Progress bar on stderr (the core only calls start/advance)."""
+
+    def __init__(self, what: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.what = what
+        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[item]}"),
+                          console=Console(stderr=True), transient=True)
+        self.task = None
+
+    def __enter__(self) -> RichProgress:
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.p.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self.task = self.p.add_task(self.what, total=total, item="")
+
+    def advance(self, label: str) -> None:
+        if self.task is not None:
+            self.p.update(self.task, advance=1, item=label)
+
+
+def _exit_for(run: Any) -> None:
+    """Non-zero exit after the report is out: 130 interrupted, 4 some measurements failed."""
+    if run is None:
+        return
+    if run.interrupted:
+        _err("interrupted: the finished rows are reported above (and written to -o)")
+        sys.exit(int(ExitStatus.INTERRUPTED))
+    if run.failures:
+        _err(f"incomplete: {len(run.failures)} measurement(s) failed (see the rows marked "
+             "'failed')")
+        sys.exit(int(ExitStatus.INCOMPLETE))
+
+
 def _write_file(path: Path, text: str) -> None:
     """Write where the user pointed; OS problems become one ``InputError`` line."""
     try:
@@ -214,19 +291,35 @@ def cli() -> None:
               "hierarchy at this depth (0 = whole model).")
 @click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the conv inventory as a spec of independent layers to FILE.")
+@timing_options
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             input_shape: tuple[int, ...] | None, depth: int | None,
-            export_spec: Path | None) -> None:
+            export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
+            channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
+            plot: Path | None) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.analysis import analyze_model
     from convcost.load import load_source
     from convcost.report import analysis_renderables, render_analysis
 
     loaded = load_source(source, input_shape=input_shape, batch=batch)
-    dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
+    spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
+    cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype) \
+        if do_time else None
     report = analyze_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
-                           dtype=dtype)
+                           dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
+    run = None
+    if cfg is not None:
+        from convcost.measure import time_analysis
+
+        with RichProgress("timing layers") as prog:
+            run = time_analysis(report, loaded.model, loaded.inputs, cfg, prog)
+    if plot is not None:
+        from convcost.plot import plot_analysis
+
+        plot_analysis(report, plot)
+        click.echo(f"wrote {plot}", err=True)
     console = stdout_console()
     if export_spec is not None:
         from convcost.export import export_spec_yaml
@@ -239,8 +332,9 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
     if fmt == "table" and output is None:
         for r in analysis_renderables(report, depth=depth):
             console.print(r)
-        return
-    _write_or_print(render_analysis(report, fmt, depth=depth), output, console)
+    else:
+        _write_or_print(render_analysis(report, fmt, depth=depth), output, console)
+    _exit_for(run)
 
 
 @cli.command()
@@ -273,12 +367,15 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
               default="table", show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of standard output.")
+@timing_options
 @_common
 def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
             cin: int, cout: int, kernel: int, size: int, stride: int, batch: int | None,
             input_shape: tuple[int, ...] | None, layer_globs: tuple[str, ...],
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
-            output: Path | None) -> None:
+            output: Path | None, do_time: bool, device: str, dtype: str | None,
+            channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
+            plot: Path | None) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -305,6 +402,8 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
                           in_hw=(size, size), batch=batch or DEFAULT_LAYER.batch)
         gs = groups if groups is not None else tuple(_valid_groups(layer))
         report = compare_default(layer, expand_variants(variant_names, gs))
+        model = inputs = None
+        spec_dtype = "fp32"
     else:
         if layer_opts:
             raise InputError(f"--{layer_opts[0].replace('cin', 'in').replace('cout', 'out')} "
@@ -316,18 +415,72 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
                                    kernel_sizes=kernel_sizes or (), whole_model=not no_model)
         except Skip as e:
             raise InputError(f"{source}: {e}") from e
+        model, inputs = loaded.model, loaded.inputs
+        spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
+    run = None
+    if do_time:
+        from convcost.measure import time_compare
+
+        cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype)
+        report.dtype = cfg.numerics.dtype
+        with RichProgress("timing variants") as prog:
+            run = time_compare(report, cfg, model, inputs, prog)
+    if plot is not None:
+        from convcost.plot import plot_compare
+
+        plot_compare(report, plot)
+        click.echo(f"wrote {plot}", err=True)
     if fmt == "table" and output is None:
         console = stdout_console()
         for r in compare_renderables(report, per_layer=not model_only):
             console.print(r)
-        return
-    _write_or_print(render_compare(report, fmt, per_layer=not model_only), output, stdout_console())
+    else:
+        _write_or_print(render_compare(report, fmt, per_layer=not model_only), output,
+                        stdout_console())
+    _exit_for(run)
 
 
 def _valid_groups(layer: Any) -> list[int]:
     from convcost.variants import valid_groups
 
     return valid_groups(layer)
+
+
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quick", is_flag=True, help="Small sizes (a rough figure in a second or two).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: torch's).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@_common
+def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
+    """Measure the device's peak bandwidth (large copy) and GEMM TFLOP/s per dtype, and cache them
+    per device fingerprint so reports can show roofline bounds."""
+    import json
+
+    import torch
+
+    from convcost.device import resolve_device
+    from convcost.roofline import calibrate as run_calibrate
+    from convcost.roofline import save
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    peaks = run_calibrate(dev, copy_mib=64 if quick else None, gemm_n=512 if quick else None,
+                          max_time_s=0.3 if quick else 1.0)
+    path = save(peaks)
+    if fmt == "json":
+        click.echo(json.dumps({**peaks.to_dict(), "cache": str(path)}, indent=2))
+        return
+    click.echo(f"device:     {peaks.name} ({peaks.device})")
+    click.echo(f"bandwidth:  {peaks.bandwidth_gbs:,.1f} GB/s (copy, read + write)")
+    for dt, tf in peaks.tflops.items():
+        click.echo(f"GEMM {dt:5s} {tf:,.2f} TFLOP/s")
+    for k, v in peaks.details.items():
+        if k.startswith("gemm_error"):
+            click.echo(f"{k}: {v}")
+    click.echo(f"cached in {path} (key: {peaks.key})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from convcost.analysis import LayerRow, analyze_model
 from convcost.count import count_fvcore
 from convcost.variants import (
+    DENSE,
     FORMULAS,
     ClosedForm,
     ConvLayer,
@@ -68,7 +69,9 @@ class CompareRow:
 
     @property
     def label(self) -> str:
-        return Variant(self.variant, self.groups).label if self.variant != ORIGINAL else ORIGINAL
+        if self.variant != ORIGINAL:
+            return Variant(self.variant, self.groups).label
+        return f"{ORIGINAL} (dense)" if self.groups == 1 else ORIGINAL
 
 
 @dataclass
@@ -129,6 +132,8 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
     _check_closed_form(base, base_cf, bp, bm)
     rows = []
     for v in variants:
+        if v.name == DENSE and layer.groups == 1:
+            continue  # the original row already is the dense conv
         row = CompareRow(name, v.name, v.groups, formula=FORMULAS.get(v.name))
         try:
             module = build(layer, v)
@@ -226,6 +231,8 @@ def compare_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, source:
         layers.append(compare_layer(r.name, layer, expand_variants(variant_names, gs), counter,
                                     modules[r.name]))
     model_variants = expand_variants(variant_names, tuple(sorted(union_groups)))
+    if all(lc.layer.groups == 1 for lc in layers):  # "dense" would be the original model again
+        model_variants = [v for v in model_variants if v.name != DENSE]
     report = CompareReport(source=source, name=name, variants=model_variants, layers=layers,
                            notes=notes, dtype="fp32")
     if whole_model:
@@ -277,7 +284,8 @@ def _model_row(model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[
         cf_old_m += old.macs
         if lc.name in done:
             cf = closed_form(lc.layer, v)
-            vrow = next(r for r in by[lc.name].rows if r.variant == v.name and r.groups == v.groups)
+            vrow = next((r for r in by[lc.name].rows if r.variant == v.name and r.groups == v.groups),
+                        lc.baseline)  # a dense variant of a dense layer is its original row
             delta_params += (vrow.params or 0) - (lc.baseline.params or 0)
         else:
             cf = old

@@ -70,8 +70,17 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
     t.add_column("MACs", justify="right", footer=human(report.macs))
     t.add_column("FLOPs", justify="right", footer=human(report.flops))
     t.add_column("%MACs", justify="right", footer="100.0%" if report.macs else "-")
+    roof = timed and any((r.timing or {}).get("roofline") for r in report.layers)
+    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in report.layers)
     if timed:
         t.add_column("latency", justify="right", footer=fmt_ms(report.latency_ms))
+        t.add_column("±IQR", justify="right")
+    if roof:
+        t.add_column("TFLOP/s", justify="right")
+        t.add_column("GB/s", justify="right")
+    if peaks:
+        t.add_column("% bound", justify="right")
+        t.add_column("bound")
     rows = report.layers
     if depth is not None:
         rows = _collapse(report, depth)
@@ -80,9 +89,12 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
                  "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
                  human(r.flops), pct(r.macs, report.macs)]
         if timed:
-            cells.append(fmt_ms(r.latency_ms))
+            cells += [fmt_ms(r.latency_ms), _iqr_cell(r.timing)]
+        if roof:
+            cells += _roof_cells((r.timing or {}).get("roofline"), peaks)
         t.add_row(*cells)
     out: list[RenderableType] = [t, operator_table(report)]
+    out.extend(_timing_lines(report.timing, report.device, report.latency_ms))
     out.extend(_warnings(report))
     out.append(Text(CONVENTION_LINE, style="dim"))
     return out
@@ -113,6 +125,60 @@ def operator_table(report: AnalysisReport) -> Table:
     return t
 
 
+def _iqr_cell(timing: dict[str, Any] | None) -> str:
+    m = (timing or {}).get("measurement")
+    if not m or m.get("rel_iqr") is None:
+        return "failed" if (timing or {}).get("error") or (m or {}).get("error") else ""
+    flag = "" if m.get("converged") else "!"
+    return f"{100 * m['rel_iqr']:.1f}%{flag}"
+
+
+def _roof_cells(rl: dict[str, Any] | None, with_peaks: bool) -> list[str]:
+    if not rl:
+        return ["", ""] + (["", ""] if with_peaks else [])
+    cells = [f"{rl['achieved_tflops']:.3g}", f"{rl['achieved_gbs']:.3g}"]
+    if with_peaks:
+        cells += [f"{rl['pct_of_bound']:.0f}%" if "pct_of_bound" in rl else "",
+                  rl.get("bound", "")]
+    return cells
+
+
+def _timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
+                  model_ms: float | None) -> list[Text]:
+    """Footer lines of a timed report: device fingerprint, model vs per-layer sum, problems."""
+    from convcost.device import fingerprint_line
+
+    if not timing:
+        return []
+    out = []
+    if device:
+        out.append(Text(f"device: {fingerprint_line(device)}", style="dim"))
+    m = timing.get("model")
+    if m and m.get("median_ms") is not None:
+        line = (f"whole model: {fmt_ms(m['median_ms'])} median (IQR {fmt_ms(m['iqr_ms'])}, "
+                f"n={m['n']})")
+        if timing.get("layers_sum_ms") is not None:
+            line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
+                     f"{fmt_ms(timing['layers_sum_ms'])}")
+        out.append(Text(line))
+    elif isinstance(timing.get("layers_sum_ms"), dict):
+        sums = ", ".join(f"{k} {fmt_ms(v)}" for k, v in timing["layers_sum_ms"].items())
+        out.append(Text(f"sum of the selected convs timed alone: {sums}"))
+    if not timing.get("roofline_peaks"):
+        out.append(Text("note: no roofline peaks for this device; run `convcost calibrate` to add "
+                        "% of bound and memory/compute-bound labels", style="dim"))
+    for u in timing.get("unconverged", []):
+        out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
+    for f in timing.get("failures", []):
+        out.append(Text(f"error: failed: {f}", style="red"))
+    if timing.get("interrupted"):
+        miss = timing.get("missing", [])
+        out.append(Text(f"interrupted: {len(miss)} measurement(s) not taken"
+                        + (f" ({', '.join(miss[:5])}{', ...' if len(miss) > 5 else ''})" if miss else ""),
+                        style="red"))
+    return out
+
+
 def _warnings(report: AnalysisReport) -> list[Text]:
     out = []
     if report.unsupported_ops:
@@ -135,6 +201,8 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
                  bias=r.bias)
     if r.calls != 1:
         d["calls"] = r.calls
+    if r.timing is not None:
+        d["timing"] = r.timing
     return d
 
 
@@ -227,7 +295,7 @@ def analysis_markdown(report: AnalysisReport) -> str:
              md_table(["operator", "MACs", "FLOPs", "%MACs"],
                       [[k, human(v), human(2 * v), pct(v, report.macs)]
                        for k, v in report.by_operator.items()], "lrrr")]
-    for w in _warnings(report):
+    for w in [*_timing_lines(report.timing, report.device, report.latency_ms), *_warnings(report)]:
         parts += ["", f"> {w.plain}"]
     parts += ["", f"_{CONVENTION_LINE}_", ""]
     return "\n".join(parts)
@@ -272,7 +340,28 @@ def _headline(row: Any) -> str:
 def _note(row: Any) -> str:
     if row.skipped:
         return f"skipped: {row.skipped}"
-    return "; ".join(row.warnings)
+    notes = list(row.warnings)
+    err = (row.timing or {}).get("error")
+    if err:
+        notes.insert(0, f"timing failed: {err}")
+    g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
+    if g is not None:
+        notes.append(f"CUDA graph: {fmt_ms(g)}")
+    return "; ".join(notes)
+
+
+def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
+    """(row, label) with consecutive skipped rows of one variant and reason merged:
+    'pointwise-grouped g=2,4,8' instead of three identical skip rows (JSON keeps them all)."""
+    out: list[tuple[Any, str]] = []
+    for r in rows:
+        prev = out[-1][0] if out else None
+        if (r.skipped and prev is not None and prev.skipped == r.skipped
+                and prev.variant == r.variant and r.groups is not None):
+            out[-1] = (prev, out[-1][1] + f",{r.groups}")
+        else:
+            out.append((r, r.label))
+    return out
 
 
 def _any_latency(report: Any) -> bool:
@@ -296,20 +385,33 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
                        ("FLOPs", "right"), ("params ratio", "right"), ("analytic", "right"),
                        ("formula", "left")):
             t.add_column(col, justify=j)
+        roof = timed and any((r.timing or {}).get("roofline") for lc in report.layers
+                             for r in [lc.baseline, *lc.rows])
+        peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for lc in report.layers
+                             for r in [lc.baseline, *lc.rows])
         if timed:
             t.add_column("latency", justify="right")
+            t.add_column("±IQR", justify="right")
+        if roof:
+            t.add_column("TFLOP/s", justify="right")
+            t.add_column("GB/s", justify="right")
+        if peaks:
+            t.add_column("% bound", justify="right")
+            t.add_column("bound")
         t.add_column("headline")
-        t.add_column("note")
+        t.add_column("note", max_width=60)
         for lc in report.layers:
             if report.is_model:
                 t.add_section()
-            for r in [lc.baseline, *lc.rows]:
-                cells = [r.label, human(r.params), human(r.macs), human(r.flops),
+            for r, label in _merged([lc.baseline, *lc.rows]):
+                cells = [label, human(r.params), human(r.macs), human(r.flops),
                          fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
                 if report.is_model:
                     cells.insert(0, f"{lc.name} ({lc.layer.describe()})" if r is lc.baseline else "")
                 if timed:
-                    cells.append(_latency_cell(r))
+                    cells += [_latency_cell(r), _iqr_cell(r.timing)]
+                if roof:
+                    cells += _roof_cells((r.timing or {}).get("roofline"), peaks)
                 cells += [_headline(r) if r is not lc.baseline else "baseline", _note(r)]
                 t.add_row(*cells)
         out.append(t)
@@ -325,6 +427,7 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
             m.add_column(col, justify=j)
         if timed:
             m.add_column("latency", justify="right")
+            m.add_column("±IQR", justify="right")
         m.add_column("headline")
         m.add_column("note")
         for r in [report.model_baseline, *report.model_rows]:
@@ -332,14 +435,16 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
                      human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                      fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
             if timed:
-                cells.append(_latency_cell(r))
+                cells += [_latency_cell(r), _iqr_cell(r.timing)]
             cells += [_headline(r) if r is not report.model_baseline else "baseline", _note(r)]
             m.add_row(*cells)
         out.append(m)
+    out.extend(_timing_lines(report.timing, report.device, None))
     for n in report.notes:
         out.append(Text(f"note: {n}", style="yellow"))
-    out.append(Text(CONVENTION_LINE + " Ratios: variant / original; analytic: closed form "
-                    "(weights, bias excluded).", style="dim"))
+    out.append(Text(CONVENTION_LINE, style="dim"))
+    out.append(Text("Ratios: variant / original; analytic: closed form (weights, bias excluded); "
+                    "latency: median per call, ±IQR relative ('!' = did not converge).", style="dim"))
     return out
 
 
@@ -430,8 +535,8 @@ def compare_markdown(report: Any) -> str:
                "formula"] + (["latency", "latency ratio"] if timed else []) + ["note"]
     rows = []
     for lc in report.layers:
-        for r in [lc.baseline, *lc.rows]:
-            row = [f"`{lc.name}`" if report.is_model else "layer", r.label, human(r.params),
+        for r, label in _merged([lc.baseline, *lc.rows]):
+            row = [f"`{lc.name}`" if report.is_model else "layer", label, human(r.params),
                    human(r.macs), fmt_ratio(r.ratio_params), fmt_ratio(r.ratio_macs),
                    fmt_ratio(r.analytic_macs), r.formula or ""]
             if timed:
@@ -450,6 +555,8 @@ def compare_markdown(report: Any) -> str:
                 row += [_latency_cell(r), fmt_ratio(r.ratio_latency)]
             mrows.append([*row, _note(r)])
         parts += ["", "### Whole model", "", md_table(mh, mrows, "lrrrrrr" + ("rr" if timed else "") + "l")]
+    for w in _timing_lines(report.timing, report.device, None):
+        parts += ["", f"> {w.plain}"]
     for n in report.notes:
         parts += ["", f"> note: {n}"]
     parts += ["", f"_{CONVENTION_LINE}_", ""]

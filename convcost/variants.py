@@ -122,12 +122,12 @@ class ClosedForm:
 
 
 def expand_variants(names: tuple[str, ...], groups: tuple[int, ...]) -> list[Variant]:
-    """The rows to build: grouped kinds once per g (g = 1 of ``grouped`` is the dense conv)."""
+    """The rows to build: grouped kinds once per g (any grouped kind at g = 1 is the dense conv)."""
     out: list[Variant] = []
     for n in names:
         if n in GROUPED_VARIANTS:
             for g in groups:
-                v = Variant(DENSE, 1) if (n == GROUPED and g == 1) else Variant(n, g)
+                v = Variant(DENSE, 1) if g == 1 else Variant(n, g)
                 if v not in out:
                     out.append(v)
         elif n == DENSE:
@@ -177,8 +177,6 @@ def build(layer: ConvLayer, v: Variant) -> nn.Module:
         return _conv(layer, v.groups)
     if v.name == SHUFFLE:
         assert v.groups is not None
-        if v.groups == 1:
-            raise Skip("a channel shuffle with g=1 is the identity (same as dense)")
         _check_groups(layer, v.groups)
         return nn.Sequential(OrderedDict(conv=_conv(layer, v.groups),
                                          shuffle=ChannelShuffle(v.groups)))

@@ -40,7 +40,7 @@ def test_python_dash_m():
 
 @pytest.mark.parametrize("name", ALL_EXAMPLE_SPECS)
 def test_every_example_analyzes_and_rows_sum_to_totals(name):
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / name), "-f", "json"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / name), "-f", "json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert sum(layer["params"] for layer in d["layers"]) == d["totals"]["params"]
@@ -50,7 +50,7 @@ def test_every_example_analyzes_and_rows_sum_to_totals(name):
 
 
 def test_json_contract():
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "--format", "json"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "--format", "json"])
     assert r.exit_code == 0
     d = json.loads(r.stdout)
     for key in ("schema_version", "source", "conventions", "input_shape", "totals",
@@ -74,8 +74,9 @@ def test_json_contract():
 
 def test_batch_option_scales_macs_not_params():
     runner = CliRunner()
-    one = json.loads(runner.invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "-f", "json"]).stdout)
-    four = json.loads(runner.invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "-f", "json",
+    one = json.loads(runner.invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f",
+                                         "json"]).stdout)
+    four = json.loads(runner.invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", "json",
                                           "--batch", "4"]).stdout)
     assert four["totals"]["macs"] == 4 * one["totals"]["macs"]
     assert four["totals"]["params"] == one["totals"]["params"]
@@ -83,7 +84,7 @@ def test_batch_option_scales_macs_not_params():
 
 
 def test_csv_format():
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "-f", "csv"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", "csv"])
     assert r.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert rows[0]["name"] == "stem" and rows[0]["macs"] == str(16 * 16 * 9 * 3 * 32)
@@ -92,14 +93,14 @@ def test_csv_format():
 
 
 def test_table_format_states_conventions_and_totals():
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml")])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml")])
     assert r.exit_code == 0
     assert "FLOPs = 2 x MACs" in r.stdout and "total" in r.stdout and "13.4k" in r.stdout
     assert "MACs by operator" in r.stdout
 
 
 def test_markdown_format():
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "-f", "markdown"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", "markdown"])
     assert r.exit_code == 0
     assert "| # | layer |" in r.stdout and "**total**" in r.stdout
 
@@ -107,7 +108,8 @@ def test_markdown_format():
 @pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
 def test_output_file(tmp_path, fmt):
     out = tmp_path / "sub" / f"report.{fmt}"
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "tiny.yaml"), "-f", fmt, "-o", str(out)])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", fmt,
+                                 "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert r.stdout == ""
     text = out.read_text()
@@ -115,9 +117,9 @@ def test_output_file(tmp_path, fmt):
 
 
 def test_unsupported_ops_are_listed_not_hidden():
-    r = CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "resnext_bottleneck.yaml")])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "resnext_bottleneck.yaml")])
     assert "not counted by fvcore" in r.stdout and "aten::add x2" in r.stdout
-    d = json.loads(CliRunner().invoke(cli, ["analyze", str(EXAMPLES / "resnext_bottleneck.yaml"),
+    d = json.loads(CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "resnext_bottleneck.yaml"),
                                             "-f", "json"]).stdout)
     assert d["unsupported_ops"] == {"aten::add": 2}
 

@@ -14,7 +14,7 @@ from tests.conftest import EXAMPLES
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["compare", *args])
+    return CliRunner().invoke(cli, ["compare", "--no-time", *args])
 
 
 def test_default_layer_groups_1_2_4_8_no_files():
@@ -22,7 +22,7 @@ def test_default_layer_groups_1_2_4_8_no_files():
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "64->64 3x3 on 56x56, batch 32" in out
-    for label in ("original", "dense", "grouped g=2", "grouped g=4", "grouped g=8", "depthwise",
+    for label in ("original (dense)", "grouped g=2", "grouped g=4", "grouped g=8", "depthwise",
                   "separable"):
         assert label in out
     assert "MACs x0.125" in out and "1/N + 1/K^2" in out
@@ -35,7 +35,8 @@ def test_default_layer_json_contract():
         assert key in d
     assert d["baseline"]["variant"] == "original" and d["baseline"]["macs"] == 32 * 56 * 56 * 9 * 64 * 64
     labels = [v["label"] for v in d["variants"]]
-    assert labels == ["dense", "grouped g=2", "grouped g=4", "grouped g=8", "depthwise", "separable"]
+    assert d["baseline"]["label"] == "original (dense)"
+    assert labels == ["grouped g=2", "grouped g=4", "grouped g=8", "depthwise", "separable"]
     for v in d["variants"]:
         for key in ("variant", "groups", "params", "macs", "flops", "latency_ms", "ratio",
                     "analytic", "skipped"):
@@ -43,7 +44,7 @@ def test_default_layer_json_contract():
         assert set(v["ratio"]) == {"params", "macs", "latency"}
         assert set(v["analytic"]) == {"params", "macs"}
         assert v["ratio"]["macs"] == v["analytic"]["macs"]
-    g8 = d["variants"][3]
+    g8 = d["variants"][2]
     assert g8["groups"] == 8 and g8["ratio"]["params"] == 0.125
 
 
@@ -52,7 +53,7 @@ def test_layer_options_and_groups_all():
             "--batch", "2", "--groups", "all", "-f", "json")
     d = json.loads(r.stdout)
     assert d["layer"]["output_shape"] == [2, 18, 5, 5]
-    assert [v["groups"] for v in d["variants"] if v["variant"] in ("dense", "grouped")] == [1, 2, 3, 6]
+    assert [v["groups"] for v in d["variants"] if v["variant"] in ("dense", "grouped")] == [2, 3, 6]
     dw = next(v for v in d["variants"] if v["variant"] == "depthwise")
     assert "not a multiple" in dw["skipped"] and dw["params"] is None
 
@@ -68,8 +69,8 @@ def test_variants_all_on_default():
     r = run("--variants", "all", "--groups", "4", "-f", "csv")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     labels = [(x["variant"], x["groups"]) for x in rows]
-    assert labels == [("original", "1"), ("dense", "1"), ("grouped", "4"), ("depthwise", ""),
-                      ("separable", ""), ("pointwise-grouped", "4"), ("shuffle", "4"), ("gdc", "")]
+    assert labels == [("original", "1"), ("grouped", "4"), ("depthwise", ""), ("separable", ""),
+                      ("pointwise-grouped", "4"), ("shuffle", "4"), ("gdc", "")]
     pg = next(x for x in rows if x["variant"] == "pointwise-grouped")
     assert "1x1" in pg["skipped"]
 

@@ -17,7 +17,7 @@ FIX = ROOT / "tests" / "fixtures" / "bad_models.py"
 
 
 def _json(args):
-    r = CliRunner().invoke(cli, ["analyze", *args, "-f", "json"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", *args, "-f", "json"])
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -92,7 +92,7 @@ def test_fallback_to_flop_counter_when_fvcore_cannot_trace():
     assert rows["conv"]["macs"] == 8 * 8 * 9 * 3 * 8
     assert rows["fc"]["macs"] == 8 * 4
     assert d["totals"]["macs"] == 8 * 8 * 9 * 3 * 8 + 32
-    r = CliRunner().invoke(cli, ["analyze", f"{FIX}:DictOutput", "--input-shape", "1,3,8,8"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{FIX}:DictOutput", "--input-shape", "1,3,8,8"])
     assert "torch.utils.flop_counter" in r.stdout and "fvcore failed" in r.stdout
 
 
@@ -109,17 +109,17 @@ def test_data_dependent_control_flow_is_counted():
 
 
 def test_depth_collapses_hierarchy():
-    r = CliRunner().invoke(cli, ["analyze", f"{EXAMPLES}/models.py:ResNet50", "--depth", "1"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:ResNet50", "--depth", "1"])
     assert r.exit_code == 0
     lines = [ln for ln in r.stdout.splitlines() if "layer" in ln and "Sequential" in ln]
     assert len(lines) == 4 and "layer3" in r.stdout and "layer3.0" not in r.stdout
-    r0 = CliRunner().invoke(cli, ["analyze", f"{EXAMPLES}/models.py:TinyNet", "--depth", "0"])
+    r0 = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:TinyNet", "--depth", "0"])
     assert "(model)" in r0.stdout
 
 
 def test_export_spec_round_trip(tmp_path):
     out = tmp_path / "convs.yaml"
-    r = CliRunner().invoke(cli, ["analyze", f"{EXAMPLES}/models.py:MobileNetV2", "-f", "json",
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:MobileNetV2", "-f", "json",
                                  "--export-spec", str(out)])
     assert r.exit_code == 0, r.output
     orig = json.loads(r.stdout)
@@ -157,7 +157,7 @@ def test_torch_export_program_loads(tmp_path):
     ("model.pt", "pickled model files are not loaded"),
 ])
 def test_bad_sources_exit_3(source, needle):
-    r = CliRunner().invoke(cli, ["analyze", source])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", source])
     assert r.exit_code == 3, r.output
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
@@ -165,7 +165,7 @@ def test_bad_sources_exit_3(source, needle):
 
 
 def test_wrong_input_shape_names_the_module():
-    r = CliRunner().invoke(cli, ["analyze", f"{EXAMPLES}/models.py:TinyNet", "--input-shape",
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:TinyNet", "--input-shape",
                                  "1,1,32,32"])
     assert r.exit_code == 3
     assert "failed in module 'stem.0'" in r.stderr and "RuntimeError" in r.stderr
@@ -173,7 +173,7 @@ def test_wrong_input_shape_names_the_module():
 
 
 def test_not_a_source_exits_2():
-    r = CliRunner().invoke(cli, ["analyze", "resnet"])
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", "resnet"])
     assert r.exit_code == 2 and "is not a SOURCE" in r.stderr
 
 
@@ -181,7 +181,7 @@ def test_torchvision_missing_or_present():
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        r = CliRunner().invoke(cli, ["analyze", "torchvision:resnet50"])
+        r = CliRunner().invoke(cli, ["analyze", "--no-time", "torchvision:resnet50"])
         assert r.exit_code == 3 and "pip install" in r.stderr and "torchvision" in r.stderr
         return
     d = _json(["torchvision:resnet50"])

@@ -76,7 +76,7 @@ CASES = [
 @pytest.mark.parametrize("text,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_spec_exits_2_with_one_clear_line(write_spec, text, needles):
     path = write_spec(text)
-    result = CliRunner().invoke(cli, ["analyze", str(path)])
+    result = CliRunner().invoke(cli, ["analyze", "--no-time", str(path)])
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1, err
@@ -89,7 +89,7 @@ def test_bad_spec_exits_2_with_one_clear_line(write_spec, text, needles):
 
 def test_traceback_flag_shows_the_exception(write_spec):
     path = write_spec(GOOD_HEAD + "  - conv: {out: 0, kernel: 3}\n")
-    result = CliRunner().invoke(cli, ["analyze", str(path), "--traceback"])
+    result = CliRunner().invoke(cli, ["analyze", "--no-time", str(path), "--traceback"])
     assert result.exit_code != 0
     from convcost.errors import SpecError
 
@@ -98,11 +98,11 @@ def test_traceback_flag_shows_the_exception(write_spec):
 
 def test_missing_and_empty_and_directory(tmp_path, write_spec):
     runner = CliRunner()
-    r = runner.invoke(cli, ["analyze", str(tmp_path / "nope.yaml")])
+    r = runner.invoke(cli, ["analyze", "--no-time", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 2 and "no such spec file" in r.stderr
-    r = runner.invoke(cli, ["analyze", str(write_spec(""))])
+    r = runner.invoke(cli, ["analyze", "--no-time", str(write_spec(""))])
     assert r.exit_code == 2 and "empty spec file" in r.stderr
     d = tmp_path / "dir.yaml"
     d.mkdir()
-    r = runner.invoke(cli, ["analyze", str(d)])
+    r = runner.invoke(cli, ["analyze", "--no-time", str(d)])
     assert r.exit_code == 2 and "is a directory" in r.stderr

@@ -1,0 +1,101 @@
+"""PNG plots (matplotlib, an optional extra: ``pip install 'convcost[plot]'``). Rendering only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from convcost.errors import InputError
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise InputError("--plot needs matplotlib: pip install 'convcost[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_compare(report: Any, path: Path) -> Path:
+    """Left: MAC ratio vs latency ratio per variant with the ideal y = x line (log-log).
+    Right: median latency per variant (with IQR bars). Uses model rows for a SOURCE."""
+    plt = _plt()
+    if report.is_model:
+        base, rows, title = report.model_baseline, report.model_rows, f"{report.name}: whole model"
+    else:
+        lc = report.layers[0]
+        base, rows, title = lc.baseline, lc.rows, report.name
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    pts = [r for r in rows if r.ratio_macs and r.ratio_latency]
+    if pts:
+        xs = [r.ratio_macs for r in pts]
+        ys = [r.ratio_latency for r in pts]
+        ax1.scatter(xs, ys, zorder=3)
+        for r, x, y in zip(pts, xs, ys, strict=True):
+            ax1.annotate(r.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        lo = min([*xs, *ys, 1.0]) / 1.5
+        hi = max([*xs, *ys, 1.0]) * 1.5
+        ax1.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal: latency follows MACs")
+        ax1.axhline(1.0, color="lightgrey", lw=0.8)
+        ax1.set_xscale("log")
+        ax1.set_yscale("log")
+        ax1.set_xlim(lo, hi)
+        ax1.set_ylim(lo, hi)
+        ax1.legend(fontsize=8, loc="upper left")
+    else:
+        ax1.text(0.5, 0.5, "no latency measured", ha="center", va="center")
+    ax1.set_xlabel("MACs / baseline")
+    ax1.set_ylabel("latency / baseline")
+    ax1.set_title("counted MAC ratio vs measured latency ratio")
+    bars = [base, *rows]
+    labels = [r.label for r in bars]
+    vals = [r.latency_ms or 0.0 for r in bars]
+    ms = [((r.timing or {}).get("measurement") or {}) for r in bars]
+    lo = [max(0.0, v - (m.get("q1_ms") or v)) for v, m in zip(vals, ms, strict=True)]
+    hi = [max(0.0, (m.get("q3_ms") or v) - v) for v, m in zip(vals, ms, strict=True)]
+    ax2.bar(range(len(bars)), vals, yerr=[lo, hi], capsize=3,
+            color=["tab:grey"] + ["tab:blue"] * (len(bars) - 1))
+    ax2.set_xticks(range(len(bars)))
+    ax2.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("median latency (ms), bars: IQR")
+    ax2.set_title("latency per variant")
+    dev = (report.device or {}).get("name", "")
+    fig.suptitle(f"convcost compare: {title}  [{dev}, {(report.device or {}).get('dtype', '')}]")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_analysis(report: Any, path: Path) -> Path:
+    """Per-layer latency vs MACs (log-log), one point per timed conv/linear layer."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pts = [r for r in report.layers if r.latency_ms and r.macs]
+    kinds = sorted({r.kind or r.op for r in pts})
+    for k in kinds:
+        sel = [r for r in pts if (r.kind or r.op) == k]
+        ax.scatter([r.macs for r in sel], [r.latency_ms for r in sel], label=k, zorder=3)
+    if pts:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no latency measured", ha="center", va="center")
+    ax.set_xlabel("MACs")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title(f"convcost analyze: {report.name} ({(report.device or {}).get('name', '')})")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the plot: {e.strerror or e}") from e
+    finally:
+        plt.close(fig)
+    return path
