@@ -8,7 +8,9 @@ import platform
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# $CONVCOST_BENCH_DOC redirects the output (e.g. under $OUT on a remote GPU machine)
+DOC = Path(os.environ.get("CONVCOST_BENCH_DOC")
+           or Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
 
 
 def environment() -> str:

@@ -1,0 +1,52 @@
+"""CUDA-only checks of the timing path (skipped without a GPU; the CPU tests cover the rest)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from convcost.cli import cli
+from convcost.device import Numerics, numerics
+from convcost.timing import TimingConfig, measure_one
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_cuda_events_measure_a_conv_and_tf32_is_off_in_fp32():
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).cuda()
+    x = torch.randn(8, 64, 56, 56, device="cuda")
+    n = Numerics("cuda:0", "fp32")
+    with numerics(n):
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cudnn.benchmark
+        m = measure_one(lambda: conv(x), TimingConfig(numerics=n, max_time_s=0.5))
+    assert m.error is None and m.n >= 10 and m.median_ms > 0
+    assert m.min_ms <= m.median_ms <= m.max_ms
+
+
+def test_cuda_graph_figure_for_tiny_kernels():
+    x = torch.randn(64, device="cuda")
+    n = Numerics("cuda:0", "fp32")
+    m = measure_one(lambda: x * 2, TimingConfig(numerics=n, max_time_s=0.3))
+    assert m.median_ms < 0.020
+    assert m.graph_median_ms is not None and m.graph_median_ms < m.median_ms
+
+
+def test_cold_flush_runs():
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).cuda()
+    x = torch.randn(4, 32, 28, 28, device="cuda")
+    n = Numerics("cuda:0", "fp32")
+    m = measure_one(lambda: conv(x), TimingConfig(numerics=n, cold=True, max_time_s=0.3))
+    assert m.error is None and m.median_ms > 0
+
+
+def test_compare_on_cuda_fp16_channels_last_default():
+    r = CliRunner().invoke(cli, ["compare", "--device", "cuda", "--dtype", "fp16", "--groups", "32",
+                                 "--max-time", "0.3", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["device"]["memory_format"] == "channels_last" and d["device"]["dtype"] == "fp16"
+    assert d["device"]["compute_capability"] and d["device"]["name"]
+    assert all(v["latency_ms"] > 0 for v in d["variants"])
