@@ -104,6 +104,10 @@ def _torchvision(source: str, name: str) -> nn.Module:
         raise ModelError(f"{source}: torchvision is not installed; install it with "
                          "pip install 'convcost[vision]' (or pip install torchvision matching "
                          "your torch)") from e
+    except Exception as e:  # an installed torchvision built for another torch
+        raise ModelError(f"{source}: torchvision is installed but fails to import "
+                         f"({_one_line(e)}); install the torchvision release that matches torch "
+                         f"{torch.__version__}") from e
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
@@ -120,6 +124,8 @@ def _timm(source: str, name: str) -> nn.Module:
         import timm
     except ImportError as e:
         raise ModelError(f"{source}: timm is not installed; install it with pip install timm") from e
+    except Exception as e:
+        raise ModelError(f"{source}: timm is installed but fails to import ({_one_line(e)})") from e
     try:
         return timm.create_model(name, pretrained=False)
     except Exception as e:

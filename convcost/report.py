@@ -110,6 +110,11 @@ def _collapse(report: AnalysisReport, depth: int) -> list[LayerRow]:
             rows.append(LayerRow(name=node.name or "(model)", op=node.type, kind="",
                                  in_shape=None, out_shape=node.out_shape, params=node.params,
                                  macs=node.macs))
+    rest_p = report.params - sum(r.params for r in rows)
+    rest_m = report.macs - sum(r.macs for r in rows)
+    if rows and (rest_p or rest_m):  # work in forward() bodies above the cut (functional ops)
+        rows.append(LayerRow(name="(outside these modules)", op="", kind="", in_shape=None,
+                             out_shape=None, params=rest_p, macs=rest_m))
     return rows or [LayerRow(name="(model)", op="", kind="", in_shape=None, out_shape=None,
                              params=report.params, macs=report.macs)]
 
@@ -167,8 +172,14 @@ def _timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     if not timing.get("roofline_peaks"):
         out.append(Text("note: no roofline peaks for this device; run `convcost calibrate` to add "
                         "% of bound and memory/compute-bound labels", style="dim"))
-    for u in timing.get("unconverged", []):
-        out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
+    unc = timing.get("unconverged", [])
+    if len(unc) > 3:
+        out.append(Text(f"warning: {len(unc)} measurements did not converge within the time cap "
+                        f"(IQR/median above the {100 * timing.get('rel_iqr_target', 0):.0f}% target; "
+                        "marked '!'): a noisy machine, or raise --max-time", style="yellow"))
+    else:
+        for u in unc:
+            out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
     for f in timing.get("failures", []):
         out.append(Text(f"error: failed: {f}", style="red"))
     if timing.get("interrupted"):

@@ -115,6 +115,16 @@ def test_depth_collapses_hierarchy():
     assert len(lines) == 4 and "layer3" in r.stdout and "layer3.0" not in r.stdout
     r0 = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:TinyNet", "--depth", "0"])
     assert "(model)" in r0.stdout
+    from convcost.analysis import analyze_model
+    from convcost.load import load_source
+    from convcost.report import _collapse
+
+    loaded = load_source(f"{EXAMPLES}/models.py:MobileNetV2")
+    rep = analyze_model(loaded.model, loaded.inputs, source="m", name="m")
+    rows = _collapse(rep, 1)
+    assert [r.name for r in rows] == ["features", "classifier", "(outside these modules)"]
+    assert sum(r.macs for r in rows) == rep.macs and sum(r.params for r in rows) == rep.params
+    assert rows[-1].macs == 1280 * 7 * 7  # the functional global average pool in forward()
 
 
 def test_export_spec_round_trip(tmp_path):
@@ -175,6 +185,18 @@ def test_wrong_input_shape_names_the_module():
 def test_not_a_source_exits_2():
     r = CliRunner().invoke(cli, ["analyze", "--no-time", "resnet"])
     assert r.exit_code == 2 and "is not a SOURCE" in r.stderr
+
+
+def test_broken_torchvision_install_is_a_load_error(tmp_path, monkeypatch):
+    """An installed torchvision built for another torch raises at import: exit 3, not a crash."""
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "torchvision", raising=False)
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", "torchvision:resnet50"])
+    assert r.exit_code == 3, r.output
+    assert "fails to import" in r.stderr and "torchvision::nms" in r.stderr
 
 
 def test_torchvision_missing_or_present():
