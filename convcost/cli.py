@@ -483,6 +483,71 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
     click.echo(f"cached in {path} (key: {peaks.key})")
 
 
+@cli.command()
+@click.argument("budget", type=click.Path(path_type=Path))
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format (JSON always includes the limits).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to FILE (written whether the checks pass or not).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write JUnit XML to FILE.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append a Markdown summary to FILE (default: $GITHUB_STEP_SUMMARY when set).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="Baseline report for regression limits (overrides the budget's 'baseline').")
+@click.option("--update-baseline", is_flag=True,
+              help="Write the current figures as the new baseline.")
+@click.option("--no-time", is_flag=True, help="Skip latency limits (with a notice).")
+@click.option("--max-time", type=click.FloatRange(0.001, 3600), default=1.0, show_default=True,
+              help="Time cap per latency measurement, in seconds.")
+@_common
+def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summary: Path | None,
+          baseline: Path | None, update_baseline: bool, no_time: bool, max_time: float) -> None:
+    """Check models against the size and latency budgets in BUDGET (a YAML file).
+
+    Exit 0 when every limit holds (warnings allowed), 1 when one is exceeded, 2 for a bad
+    budget file, 3 when a model cannot be loaded.
+    """
+    import json
+    import os
+
+    from convcost.budget import baseline_document, limits_document, load_budget, run_budget
+    from convcost.report import budget_dict, budget_junit, budget_markdown, budget_renderables
+
+    b = load_budget(budget)
+    report = run_budget(b, measure_latency=not no_time, update_baseline=update_baseline,
+                        baseline_path=baseline, max_time_s=max_time)
+    doc = budget_dict(report, limits_document(b))
+    if fmt == "json":
+        _write_or_print(json.dumps(doc, indent=2) + "\n", output, stdout_console())
+    else:
+        console = stdout_console()
+        for r in budget_renderables(report):
+            console.print(r)
+        if output is not None:
+            _write_file(output, json.dumps(doc, indent=2) + "\n")
+            click.echo(f"wrote {output}", err=True)
+    if junit is not None:
+        _write_file(junit, budget_junit(report))
+        click.echo(f"wrote {junit}", err=True)
+    summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
+                               if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    if summary_path is not None:
+        try:
+            with summary_path.open("a", encoding="utf-8") as f:
+                f.write(budget_markdown(report))
+        except OSError as e:
+            raise InputError(f"{summary_path}: cannot append the summary: {e.strerror or e}") from e
+    if update_baseline:
+        target = baseline or b.baseline or budget.parent / ".convcost" / "baseline.json"
+        _write_file(target, json.dumps(baseline_document(report), indent=2) + "\n")
+        click.echo(f"wrote baseline {target}", err=True)
+    for r in report.failed:
+        click.echo(r.message, err=True)
+    if report.failed:
+        sys.exit(int(ExitStatus.BUDGET_EXCEEDED))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="convcost")
