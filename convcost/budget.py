@@ -382,7 +382,8 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
 
 
 def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline: bool = False,
-               baseline_path: Path | None = None, max_time_s: float = 1.0) -> BudgetReport:
+               baseline_path: Path | None = None, max_time_s: float = 1.0,
+               memory_check: bool = True) -> BudgetReport:
     """Load and count every check's model, time it where a latency limit asks for it, judge.
 
     A model that cannot be loaded raises ``ModelError`` (exit 3). A latency limit for a device
@@ -407,7 +408,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                               "convcost check --update-baseline")
     for check in budget.checks:
         shape = None if is_spec_path(check.model) else check.input
-        loaded = load_source(check.model, input_shape=shape)
+        loaded = load_source(check.model, input_shape=shape, memory_check=memory_check)
         a = analyze_model(loaded.model, loaded.inputs, source=check.model, name=check.name)
         metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "flops": a.flops,
                                    "latency_ms": None, "model": check.model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +49,13 @@ def _want_traceback(ctx: click.Context) -> bool:
     return bool(ctx.find_root().meta.get("convcost.traceback"))
 
 
+def one_line(msg: str) -> str:
+    """Escape control characters (newlines, CR, ...) so that an error is always one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+
+
 def _err(msg: str) -> None:
-    click.echo(f"convcost: error: {msg}", err=True)
+    click.echo(f"convcost: error: {one_line(msg)}", err=True)
 
 
 def _set_traceback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -74,8 +80,9 @@ class ShapeType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
         if isinstance(value, tuple):
             return value
+        parts = re.split(r"[,x]", str(value).strip())
         try:
-            dims = tuple(int(x) for x in str(value).replace("x", ",").split(",") if x.strip())
+            dims = tuple(int(x) for x in parts)  # an empty part ("1,,3") is an error too
         except ValueError:
             self.fail(f"{value!r} is not a shape; use comma-separated positive integers such as "
                       "1,3,224,224", param, ctx)
@@ -158,6 +165,11 @@ class IntListType(click.ParamType):
 def _common(f: Callable) -> Callable:
     f = traceback_option(f)
     return f
+
+
+def memory_option(f: Callable) -> Callable:
+    return click.option("--ignore-memory-limit", "ignore_memory", is_flag=True,
+                        help="Run even when the memory estimate exceeds what is available.")(f)
 
 
 def timing_options(f: Callable) -> Callable:
@@ -292,18 +304,20 @@ def cli() -> None:
 @click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the conv inventory as a spec of independent layers to FILE.")
 @timing_options
+@memory_option
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             input_shape: tuple[int, ...] | None, depth: int | None,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            plot: Path | None) -> None:
+            plot: Path | None, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.analysis import analyze_model
     from convcost.load import load_source
     from convcost.report import analysis_renderables, render_analysis
 
-    loaded = load_source(source, input_shape=input_shape, batch=batch)
+    loaded = load_source(source, input_shape=input_shape, batch=batch,
+                         memory_check=not ignore_memory)
     spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
     cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype) \
         if do_time else None
@@ -368,6 +382,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of standard output.")
 @timing_options
+@memory_option
 @_common
 def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
             cin: int, cout: int, kernel: int, size: int, stride: int, batch: int | None,
@@ -375,7 +390,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            plot: Path | None) -> None:
+            plot: Path | None, ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -400,6 +415,13 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             raise InputError(f"--kernel {kernel} is larger than --size {size}")
         layer = ConvLayer(cin, cout, (kernel, kernel), (stride, stride), (kernel // 2,) * 2,
                           in_hw=(size, size), batch=batch or DEFAULT_LAYER.batch)
+        from convcost.memory import guard, tensor_estimate
+
+        guard(2 * tensor_estimate([layer.input_shape, layer.output_shape])
+              + 4 * cin * cout * kernel * kernel,
+              f"input {'x'.join(map(str, layer.input_shape))} and output "
+              f"{'x'.join(map(str, layer.output_shape))}, twice", what="the built-in layer",
+              enabled=not ignore_memory)
         gs = groups if groups is not None else tuple(_valid_groups(layer))
         report = compare_default(layer, expand_variants(variant_names, gs))
         model = inputs = None
@@ -408,7 +430,8 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
         if layer_opts:
             raise InputError(f"--{layer_opts[0].replace('cin', 'in').replace('cout', 'out')} "
                              "describes the built-in layer; with a SOURCE the layers come from it")
-        loaded = load_source(source, input_shape=input_shape, batch=batch)
+        loaded = load_source(source, input_shape=input_shape, batch=batch,
+                             memory_check=not ignore_memory)
         try:
             report = compare_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
                                    variant_names=variant_names, groups=groups, globs=globs,
@@ -500,9 +523,11 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 @click.option("--no-time", is_flag=True, help="Skip latency limits (with a notice).")
 @click.option("--max-time", type=click.FloatRange(0.001, 3600), default=1.0, show_default=True,
               help="Time cap per latency measurement, in seconds.")
+@memory_option
 @_common
 def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summary: Path | None,
-          baseline: Path | None, update_baseline: bool, no_time: bool, max_time: float) -> None:
+          baseline: Path | None, update_baseline: bool, no_time: bool, max_time: float,
+          ignore_memory: bool) -> None:
     """Check models against the size and latency budgets in BUDGET (a YAML file).
 
     Exit 0 when every limit holds (warnings allowed), 1 when one is exceeded, 2 for a bad
@@ -516,7 +541,8 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
 
     b = load_budget(budget)
     report = run_budget(b, measure_latency=not no_time, update_baseline=update_baseline,
-                        baseline_path=baseline, max_time_s=max_time)
+                        baseline_path=baseline, max_time_s=max_time,
+                        memory_check=not ignore_memory)
     doc = budget_dict(report, limits_document(b))
     if fmt == "json":
         _write_or_print(json.dumps(doc, indent=2) + "\n", output, stdout_console())

@@ -141,7 +141,13 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
             row.skipped = str(e)
             rows.append(row)
             continue
-        p, m = counter.count(layer, v, module)
+        try:
+            p, m = counter.count(layer, v, module)
+        except Exception as e:  # fvcore failed on this variant: report it, go on
+            first = str(e).splitlines()[0] if str(e) else ""
+            row.skipped = f"could not be counted: {type(e).__name__}: {first}"
+            rows.append(row)
+            continue
         cf = closed_form(layer, v)
         row.params, row.macs = p, m
         row.ratio_params, row.ratio_macs = _ratio(p, bp), _ratio(m, bm)
@@ -271,7 +277,11 @@ def _model_row(model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[
     if not done:
         row.skipped = f"no selected layer accepts it ({kept[0][1]})" if kept else "no layer selected"
         return row
-    c = count_fvcore(new, inputs)
+    try:
+        c = count_fvcore(new, inputs)
+    except Exception as e:
+        row.skipped = f"the substituted model could not be counted: {type(e).__name__}: {e}"[:300]
+        return row
     row.params, row.macs = c.params, c.macs
     row.ratio_params, row.ratio_macs = _ratio(c.params, base_params), _ratio(c.macs, base_macs)
     # closed form over the selected convs only (substituted ones as the variant, kept as they are)

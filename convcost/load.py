@@ -13,6 +13,8 @@ import difflib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +47,20 @@ def is_spec_path(source: str) -> bool:
 
 
 def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
-                batch: int | None = None) -> Loaded:
+                batch: int | None = None, memory_check: bool = True) -> Loaded:
     """Load any SOURCE form. Bad specs raise ``InputError`` (exit 2); models that cannot be
-    loaded or built raise ``ModelError`` (exit 3).
+    loaded or built raise ``ModelError`` (exit 3); a run that would not fit in memory raises
+    ``ResourceError`` (exit 2) before allocating, unless ``memory_check`` is off.
     """
+    from convcost.memory import guard, spec_estimate, tensor_estimate
+
     if is_spec_path(source):
         if input_shape is not None:
             raise InputError(f"{source}: --input-shape applies to models; a spec declares its "
                              "own 'input' (use --batch to change the batch)")
         spec = load_spec(source)
+        est, why = spec_estimate(spec, batch or spec.batch)
+        guard(est, why, what=source, enabled=memory_check)
         try:
             model = build_model(spec)
         except Exception as e:  # pragma: no cover - validation should catch everything
@@ -61,6 +68,8 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
         return Loaded(source, spec.name, model, example_inputs(spec, batch), "spec", spec)
 
     shape = _input_shape(input_shape, batch)
+    guard(3 * tensor_estimate([shape]), f"input {'x'.join(map(str, shape))} and its first "
+          "activations", what=source, enabled=memory_check)
     low = source.lower()
     if low.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
         raise ModelError(
@@ -145,12 +154,15 @@ def _attr_from_file(source: str, path: Path, attr: str) -> Any:
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)  # so the file's sibling imports resolve
     sys.modules[mod_name] = module
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # write nothing (no __pycache__) next to the user's files
     try:
         spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(mod_name, None)
         raise ModelError(f"{source}: importing {path} failed: {_one_line(e)}") from e
     finally:
+        sys.dont_write_bytecode = no_bytecode
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
     return _getattr(source, module, attr, str(path))
@@ -160,6 +172,8 @@ def _attr_from_module(source: str, modname: str, attr: str) -> Any:
     cwd_added = "" not in sys.path and "." not in sys.path
     if cwd_added:
         sys.path.insert(0, "")
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         module = importlib.import_module(modname)
     except ModuleNotFoundError as e:
@@ -168,6 +182,7 @@ def _attr_from_module(source: str, modname: str, attr: str) -> Any:
     except Exception as e:
         raise ModelError(f"{source}: importing {modname} failed: {_one_line(e)}") from e
     finally:
+        sys.dont_write_bytecode = no_bytecode
         if cwd_added:
             sys.path.remove("")
     return _getattr(source, module, attr, modname)
@@ -201,13 +216,54 @@ def _instantiate(source: str, obj: Any, name: str) -> nn.Module:
     return model
 
 
+class _PickleRefused:
+    """Stand-in for the ``pickle`` module inside torch's .pt2 reader: arbitrary objects are
+    refused."""
+
+    @staticmethod
+    def loads(*_a: Any, **_k: Any) -> Any:
+        raise ModelError("the .pt2 file holds pickled Python objects; convcost loads only "
+                         "tensors from .pt2 files")
+
+
+@contextmanager
+def tensors_only_unpickling() -> Iterator[None]:
+    """While torch.export.load runs: every ``torch.load`` is forced to ``weights_only=True``
+    (tensors and plain containers only) and plain ``pickle.loads`` of custom objects is refused.
+    torch.export.load itself unpickles with ``weights_only=False``; convcost never does."""
+    orig = torch.load
+
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return orig(*args, **kwargs)
+
+    pkg = None
+    try:
+        from torch.export.pt2_archive import _package as pkg  # torch >= 2.7
+    except ImportError:  # pragma: no cover - older torch
+        pkg = None
+    saved_pickle = getattr(pkg, "pickle", None)
+    torch.load = safe_load
+    if pkg is not None and saved_pickle is not None:
+        pkg.pickle = _PickleRefused
+    try:
+        yield
+    finally:
+        torch.load = orig
+        if pkg is not None and saved_pickle is not None:
+            pkg.pickle = saved_pickle
+
+
 def _load_export(source: str, shape: tuple[int, ...]) -> Loaded:
     path = Path(source)
     if not path.is_file():
         raise ModelError(f"{source}: no such file")
     try:
-        ep = torch.export.load(str(path))
+        with tensors_only_unpickling():
+            ep = torch.export.load(str(path))
         model = ep.module()
+    except ModelError as e:
+        raise ModelError(f"{source}: {e}") from e
     except Exception as e:
         raise ModelError(f"{source}: not a loadable torch.export program: {_one_line(e)}") from e
     # an exported program has fixed example input shapes: take them from its signature
