@@ -394,8 +394,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     from convcost.analysis import analyze_model
     from convcost.device import Numerics, numerics
     from convcost.load import is_spec_path, load_source
-    from convcost.measure import make_input, prepare_module
-    from convcost.timing import Bench as _Bench
+    from convcost.measure import bench_module
     from convcost.timing import TimingConfig, measure_interleaved
 
     bpath = baseline_path or budget.baseline
@@ -431,9 +430,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                 if lat.batch:
                     shapes = [(lat.batch, *s[1:]) for s in shapes]
                 with numerics(n), torch.inference_mode():
-                    m = prepare_module(loaded.model, cfg)
-                    xs = [make_input(s, cfg) for s in shapes]
-                    (meas,) = measure_interleaved([_Bench(lambda m=m, xs=xs: m(*xs), cfg)])
+                    (meas,) = measure_interleaved([bench_module(loaded.model, shapes, cfg)])
                 if meas.error:
                     metrics["latency_skip"] = f"timing failed: {meas.error}"
                     report.notices.append(f"{check.name}: latency could not be measured: "

@@ -401,7 +401,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
     from convcost.compare import DEFAULT_LAYER, compare_default, compare_model
     from convcost.load import load_source
     from convcost.report import compare_renderables, render_compare
-    from convcost.variants import ConvLayer, Skip, expand_variants
+    from convcost.variants import ConvLayer, Skip, expand_variants, valid_groups
 
     ctx = click.get_current_context()
     layer_opts = [p for p in ("cin", "cout", "kernel", "size", "stride")
@@ -422,7 +422,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
               f"input {'x'.join(map(str, layer.input_shape))} and output "
               f"{'x'.join(map(str, layer.output_shape))}, twice", what="the built-in layer",
               enabled=not ignore_memory)
-        gs = groups if groups is not None else tuple(_valid_groups(layer))
+        gs = groups if groups is not None else tuple(valid_groups(layer))
         report = compare_default(layer, expand_variants(variant_names, gs))
         model = inputs = None
         spec_dtype = "fp32"
@@ -461,12 +461,6 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
         _write_or_print(render_compare(report, fmt, per_layer=not model_only), output,
                         stdout_console())
     _exit_for(run)
-
-
-def _valid_groups(layer: Any) -> list[int]:
-    from convcost.variants import valid_groups
-
-    return valid_groups(layer)
 
 
 @cli.command()

@@ -85,8 +85,9 @@ def make_input(shape: tuple[int, ...] | list[int], cfg: TimingConfig) -> torch.T
     return x
 
 
-def _bench(module: nn.Module, shapes: list[tuple[int, ...]], cfg: TimingConfig,
-           expected: tuple[int, ...] | None) -> Bench:
+def bench_module(module: nn.Module, shapes: list[tuple[int, ...]], cfg: TimingConfig,
+                 expected: tuple[int, ...] | None = None) -> Bench:
+    """A :class:`Bench` calling a device copy of ``module`` on fresh inputs of ``shapes``."""
     m = prepare_module(module, cfg)
     xs = [make_input(s, cfg) for s in shapes]
     return Bench(lambda: m(*xs), cfg, expected)
@@ -131,8 +132,8 @@ def time_analysis(report: AnalysisReport, model: nn.Module, inputs: tuple[torch.
     try:
         with numerics(cfg.numerics), torch.inference_mode():
             # whole model first: it is what the user ships
-            mb = _safe_bench("(model)", lambda: _bench(model, [tuple(x.shape) for x in inputs], cfg,
-                                                          None), run)
+            shapes = [tuple(x.shape) for x in inputs]
+            mb = _safe_bench("(model)", lambda: bench_module(model, shapes, cfg), run)
             if mb is not None:
                 (m,) = measure_interleaved([mb])
                 _record(run, "(model)", m)
@@ -140,8 +141,9 @@ def time_analysis(report: AnalysisReport, model: nn.Module, inputs: tuple[torch.
                 report.timing = {"model": m.to_dict()}
             progress.advance("whole model")
             for r in rows:
-                b = _safe_bench(r.name, lambda r=r: _bench(modules[r.name], [tuple(r.in_shape)], cfg,
-                                                           tuple(r.out_shape) if r.out_shape else None), run)
+                out = tuple(r.out_shape) if r.out_shape else None
+                b = _safe_bench(r.name, lambda r=r, out=out: bench_module(
+                    modules[r.name], [tuple(r.in_shape)], cfg, out), run)
                 if b is None:
                     progress.advance(r.name)
                     continue
@@ -253,7 +255,7 @@ def _time_rows(run: TimingRun, rows: list[CompareRow], mods: list[nn.Module],
     benches: list[Bench | None] = []
     for r, m in zip(rows, mods, strict=True):
         benches.append(_safe_bench(f"{label} {r.label}",
-                                   lambda m=m: _bench(m, in_shapes, cfg, expected), run))
+                                   lambda m=m: bench_module(m, in_shapes, cfg, expected), run))
     live = [(r, m, b) for r, m, b in zip(rows, mods, benches, strict=True) if b is not None]
     for r, b in zip(rows, benches, strict=True):
         if b is None:

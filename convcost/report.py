@@ -70,17 +70,7 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
     t.add_column("MACs", justify="right", footer=human(report.macs))
     t.add_column("FLOPs", justify="right", footer=human(report.flops))
     t.add_column("%MACs", justify="right", footer="100.0%" if report.macs else "-")
-    roof = timed and any((r.timing or {}).get("roofline") for r in report.layers)
-    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in report.layers)
-    if timed:
-        t.add_column("latency", justify="right", footer=fmt_ms(report.latency_ms))
-        t.add_column("±IQR", justify="right")
-    if roof:
-        t.add_column("TFLOP/s", justify="right")
-        t.add_column("GB/s", justify="right")
-    if peaks:
-        t.add_column("% bound", justify="right")
-        t.add_column("bound")
+    roof, peaks = _add_timing_columns(t, report.layers, timed, fmt_ms(report.latency_ms))
     rows = report.layers
     if depth is not None:
         rows = _collapse(report, depth)
@@ -128,6 +118,24 @@ def operator_table(report: AnalysisReport) -> Table:
     for op, macs in report.by_operator.items():
         t.add_row(op, human(macs), human(2 * macs), pct(macs, report.macs))
     return t
+
+
+def _add_timing_columns(t: Table, rows: list[Any], timed: bool,
+                        latency_footer: str = "") -> tuple[bool, bool]:
+    """Add latency/IQR columns (when timed), achieved TFLOP/s and GB/s (when any row has a
+    roofline) and % of bound / bound kind (when calibrated peaks exist). Returns (roof, peaks)."""
+    roof = timed and any((r.timing or {}).get("roofline") for r in rows)
+    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
+    if timed:
+        t.add_column("latency", justify="right", footer=latency_footer)
+        t.add_column("±IQR", justify="right")
+    if roof:
+        t.add_column("TFLOP/s", justify="right")
+        t.add_column("GB/s", justify="right")
+    if peaks:
+        t.add_column("% bound", justify="right")
+        t.add_column("bound")
+    return roof, peaks
 
 
 def _iqr_cell(timing: dict[str, Any] | None) -> str:
@@ -396,19 +404,8 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
                        ("FLOPs", "right"), ("params ratio", "right"), ("analytic", "right"),
                        ("formula", "left")):
             t.add_column(col, justify=j)
-        roof = timed and any((r.timing or {}).get("roofline") for lc in report.layers
-                             for r in [lc.baseline, *lc.rows])
-        peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for lc in report.layers
-                             for r in [lc.baseline, *lc.rows])
-        if timed:
-            t.add_column("latency", justify="right")
-            t.add_column("±IQR", justify="right")
-        if roof:
-            t.add_column("TFLOP/s", justify="right")
-            t.add_column("GB/s", justify="right")
-        if peaks:
-            t.add_column("% bound", justify="right")
-            t.add_column("bound")
+        roof, peaks = _add_timing_columns(
+            t, [r for lc in report.layers for r in [lc.baseline, *lc.rows]], timed)
         t.add_column("headline")
         t.add_column("note", max_width=60)
         for lc in report.layers:

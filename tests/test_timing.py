@@ -48,9 +48,23 @@ def test_measurement_structure_on_a_small_conv():
     assert m.n >= 5 and m.calls_per_sample >= 1
     assert m.min_ms <= m.q1_ms <= m.median_ms <= m.q3_ms <= m.max_ms
     assert m.iqr_ms == pytest.approx(m.q3_ms - m.q1_ms)
-    assert m.converged  # a 50% IQR target is always met with 5 samples of a stable kernel
+    assert m.converged == (m.n >= 5 and m.rel_iqr <= 0.5)  # the flag follows the stop rule
     d = m.to_dict()
     assert {"median_ms", "iqr_ms", "n", "converged", "rel_iqr"} <= set(d)
+
+
+def test_convergence_rule_on_given_samples():
+    """The stop rule itself, on fixed samples (no timing involved)."""
+    cfg = TimingConfig(min_samples=5, rel_iqr=0.03)
+    b = Bench(lambda: torch.ones(1), cfg)
+    b.samples = [1.0, 1.01, 0.99, 1.0, 1.0]
+    assert b.converged and b.done
+    b.samples = [1.0, 1.0, 1.0, 1.0]  # below the floor on samples
+    assert not b.converged and not b.done
+    b.samples = [1.0, 2.0, 1.0, 2.0, 1.5, 1.2]  # IQR/median far above 3%
+    assert not b.converged and not b.done
+    b.spent = cfg.max_time_s  # the cap ends it, unconverged
+    assert b.done and not b.result().converged
 
 
 def test_unconverged_is_flagged():
