@@ -56,10 +56,6 @@ class LayerRow:
         """FLOPs = 2 x MACs."""
         return 2 * self.macs
 
-    @property
-    def depth(self) -> int:
-        return self.name.count(".") + 1 if self.name else 0
-
 
 @dataclass
 class ModuleNode:
@@ -97,13 +93,6 @@ class AnalysisReport:
     def flops(self) -> int:
         return 2 * self.macs
 
-    @property
-    def conv_params(self) -> int:
-        return sum(r.params for r in self.layers if r.op == "conv")
-
-    @property
-    def conv_macs(self) -> int:
-        return sum(r.macs for r in self.layers if r.op == "conv")
 
 
 def _tolist(v: Any) -> list[int] | None:

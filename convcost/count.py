@@ -116,7 +116,10 @@ def count_flop_counter(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
                 by_operator[_FC_OPS.get(name, name)] += int(v) // 2
             continue
         name = key[len(root) + 1:] if key.startswith(root + ".") else ("" if key == root else key)
-        by_module[name] = by_module.get(name, 0) + total if name else by_module.get("", total)
+        if name:
+            by_module[name] = by_module.get(name, 0) + total
+        else:  # the root module: the "Global" total (set above) already covers it
+            by_module.setdefault("", total)
     pbm = params_by_module(model)
     return Counts(macs=by_module.get("", 0), params=pbm.get("", 0), by_module=by_module,
                   by_operator=dict(by_operator), params_by_module=pbm, unsupported_ops={},

@@ -71,9 +71,7 @@ def describe(m: nn.Module, in_shape: list[int] | None = None,
         return "pool", f"{typ} {_dims(m.kernel_size)}/{_dims(m.stride)}"
     if isinstance(m, nn.Flatten):
         return "flatten", ""
-    if isinstance(m, ChannelShuffle):
-        return "channel_shuffle", f"g={m.groups}"
-    if isinstance(m, nn.ChannelShuffle):
+    if isinstance(m, (ChannelShuffle, nn.ChannelShuffle)):
         return "channel_shuffle", f"g={m.groups}"
     if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
         return type(m).__name__.lower(), ""
@@ -199,10 +197,6 @@ class ShapeRecorder:
             else:
                 rec.calls += 1
         return hook
-
-    def reset(self) -> None:
-        self.records.clear()
-        self.running.clear()
 
     def ordered(self) -> dict[str, ModuleRecord]:
         """Records in the model's definition order."""

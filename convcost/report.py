@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -330,10 +330,6 @@ def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
     if fmt == "markdown":
         return analysis_markdown(report)
     return to_console_text(analysis_renderables(report, depth=depth), width)
-
-
-def group(renderables: list[RenderableType]) -> Group:
-    return Group(*renderables)
 
 
 # --------------------------------------------------------------------------- compare
