@@ -192,7 +192,11 @@ def load_budget(path: str | Path) -> Budget:
         limits = _limits(p, c.get("limits") or {}, f"{where}.limits")
         regression = _limits(p, c.get("regression") or {}, f"{where}.regression", regression=True)
         layers = []
-        for j, lay in enumerate(c.get("layers") or []):
+        layers_raw = c.get("layers") or []
+        if not isinstance(layers_raw, list):
+            raise p.err(f"'layers' must be a list of {{match: GLOB, params/macs/flops: LIMIT}} "
+                        f"mappings, got {layers_raw!r}", c, "layers", where)
+        for j, lay in enumerate(layers_raw):
             lw = f"{where}.layers[{j}]"
             p.keys(lay, ("match", "params", "macs", "flops"), lw)
             if not isinstance(lay.get("match"), str):

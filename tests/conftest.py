@@ -4,6 +4,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property and fuzz tests are derandomized by default (a fixed seed per test, no example
+# database): CI never fails at random. `pytest --hypothesis-profile=fuzz` (or
+# benchmarks/fuzz.py) explores new random inputs; a failure found there becomes a fixed bug
+# plus a corpus case in tests/bad_inputs/.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("CONVCOST_HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
