@@ -46,9 +46,9 @@ def fvcore_direct() -> int:
 
 
 def convcost_pipeline(source: str) -> int:
-    from convcost.analysis import analyze_model
-    from convcost.load import load_source
-    from convcost.report import render_analysis
+    from convcost.counting.analysis import analyze_model
+    from convcost.report.analyze import render_analysis
+    from convcost.sources.load import load_source
 
     loaded = load_source(source)
     report = analyze_model(loaded.model, loaded.inputs, source=source, name=loaded.name)

@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import environment, write_section  # noqa: E402
-from convcost.device import Numerics, numerics, resolve_device  # noqa: E402
-from convcost.measure import make_input, prepare_module  # noqa: E402
-from convcost.timing import TimingConfig, measure_one  # noqa: E402
-from convcost.variants import ConvLayer, Variant, build  # noqa: E402
+from convcost.timing.device import Numerics, numerics, resolve_device  # noqa: E402
+from convcost.timing.harness import TimingConfig, measure_one  # noqa: E402
+from convcost.timing.measure import make_input, prepare_module  # noqa: E402
+from convcost.variants.catalogue import ConvLayer, Variant, build  # noqa: E402
 
 CASES = [  # (label, layer, variant)
     ("3x3 64->64 56x56 dense", ConvLayer(64, 64, (3, 3), padding=(1, 1), in_hw=(56, 56)), "dense"),

@@ -18,8 +18,8 @@ from typing import Any
 
 from convcost import __version__
 from convcost.errors import BudgetFileError, InputError
+from convcost.sources.yamlio import LineDict, load_yaml_file
 from convcost.units import human, parse_count, parse_duration_ms
-from convcost.yamlio import LineDict, load_yaml_file
 
 BUDGET_VERSION = 1
 METRICS = ("params", "macs", "flops", "latency")
@@ -395,11 +395,11 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     """
     import torch
 
-    from convcost.analysis import analyze_model
-    from convcost.device import Numerics, numerics
-    from convcost.load import is_spec_path, load_source
-    from convcost.measure import bench_module
-    from convcost.timing import TimingConfig, measure_interleaved
+    from convcost.counting.analysis import analyze_model
+    from convcost.sources.load import is_spec_path, load_source
+    from convcost.timing.device import Numerics, numerics
+    from convcost.timing.harness import TimingConfig, measure_interleaved
+    from convcost.timing.measure import bench_module
 
     bpath = baseline_path or budget.baseline
     baseline = None if update_baseline else load_baseline(bpath)

@@ -127,7 +127,7 @@ class VariantsType(click.ParamType):
     name = "V[,V...]|all"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
-        from convcost.variants import VARIANTS
+        from convcost.variants.catalogue import VARIANTS
 
         if isinstance(value, tuple):
             return value
@@ -199,8 +199,8 @@ def timing_options(f: Callable) -> Callable:
 
 def _timing_config(device: str, dtype: str | None, channels_last: bool | None,
                    threads: int | None, cold: bool, max_time: float, default_dtype: str = "fp32"):
-    from convcost.device import Numerics, resolve_device
-    from convcost.timing import TimingConfig
+    from convcost.timing.device import Numerics, resolve_device
+    from convcost.timing.harness import TimingConfig
 
     dev = resolve_device(device)
     dt = dtype or default_dtype
@@ -312,9 +312,9 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
             plot: Path | None, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
-    from convcost.analysis import analyze_model
-    from convcost.load import load_source
-    from convcost.report import analysis_renderables, render_analysis
+    from convcost.counting.analysis import analyze_model
+    from convcost.report.analyze import analysis_renderables, render_analysis
+    from convcost.sources.load import load_source
 
     loaded = load_source(source, input_shape=input_shape, batch=batch,
                          memory_check=not ignore_memory)
@@ -325,18 +325,18 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
                            dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
     run = None
     if cfg is not None:
-        from convcost.measure import time_analysis
+        from convcost.timing.measure import time_analysis
 
         with RichProgress("timing layers") as prog:
             run = time_analysis(report, loaded.model, loaded.inputs, cfg, prog)
     if plot is not None:
-        from convcost.plot import plot_analysis
+        from convcost.report.plot import plot_analysis
 
         plot_analysis(report, plot)
         click.echo(f"wrote {plot}", err=True)
     console = stdout_console()
     if export_spec is not None:
-        from convcost.export import export_spec_yaml
+        from convcost.report.spec_export import export_spec_yaml
 
         text, notes = export_spec_yaml(report)
         _write_file(export_spec, text)
@@ -398,10 +398,10 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
     --kernel, --size, --stride, --batch). With SOURCE (spec or model): every Conv2d (or those
     picked by --layers / --kernel-size), and the whole model with each variant substituted.
     """
-    from convcost.compare import DEFAULT_LAYER, compare_default, compare_model
-    from convcost.load import load_source
-    from convcost.report import compare_renderables, render_compare
-    from convcost.variants import ConvLayer, Skip, expand_variants, valid_groups
+    from convcost.report.compare import compare_renderables, render_compare
+    from convcost.sources.load import load_source
+    from convcost.variants.catalogue import ConvLayer, Skip, expand_variants, valid_groups
+    from convcost.variants.compare import DEFAULT_LAYER, compare_default, compare_model
 
     ctx = click.get_current_context()
     layer_opts = [p for p in ("cin", "cout", "kernel", "size", "stride")
@@ -442,14 +442,14 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
         spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
     run = None
     if do_time:
-        from convcost.measure import time_compare
+        from convcost.timing.measure import time_compare
 
         cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype)
         report.dtype = cfg.numerics.dtype
         with RichProgress("timing variants") as prog:
             run = time_compare(report, cfg, model, inputs, prog)
     if plot is not None:
-        from convcost.plot import plot_compare
+        from convcost.report.plot import plot_compare
 
         plot_compare(report, plot)
         click.echo(f"wrote {plot}", err=True)
@@ -477,9 +477,9 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 
     import torch
 
-    from convcost.device import resolve_device
-    from convcost.roofline import calibrate as run_calibrate
-    from convcost.roofline import save
+    from convcost.timing.device import resolve_device
+    from convcost.timing.roofline import calibrate as run_calibrate
+    from convcost.timing.roofline import save
 
     dev = resolve_device(device)
     if threads:
@@ -531,7 +531,7 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     import os
 
     from convcost.budget import baseline_document, limits_document, load_budget, run_budget
-    from convcost.report import budget_dict, budget_junit, budget_markdown, budget_renderables
+    from convcost.report.check import budget_dict, budget_junit, budget_markdown, budget_renderables
 
     b = load_budget(budget)
     report = run_budget(b, measure_latency=not no_time, update_baseline=update_baseline,

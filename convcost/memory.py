@@ -50,7 +50,7 @@ def fmt_bytes(n: float) -> str:
 
 def spec_estimate(spec: object, batch: int) -> tuple[int, str]:
     """(bytes, explanation) for a validated spec at ``batch``."""
-    from convcost.spec import AddOp, ConcatOp, ConvOp, LinearOp, Spec
+    from convcost.sources.spec import AddOp, ConcatOp, ConvOp, LinearOp, Spec
 
     assert isinstance(spec, Spec)
     params = 0

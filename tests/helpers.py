@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convcost.analysis import analyze_model
-from convcost.spec import build_model, example_inputs, spec_from_text
+from convcost.counting.analysis import analyze_model
+from convcost.sources.spec import build_model, example_inputs, spec_from_text
 
 
 def spec_report(text: str, batch: int | None = None):

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from convcost import __version__
-from convcost.analysis import analyze_model
 from convcost.cli import cli
-from convcost.report import render_analysis
-from convcost.spec import build_model, example_inputs, load_spec
+from convcost.counting.analysis import analyze_model
+from convcost.report.analyze import render_analysis
+from convcost.sources.spec import build_model, example_inputs, load_spec
 from tests.conftest import EXAMPLES
 
 ALL_EXAMPLE_SPECS = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "budget.yaml")

@@ -128,8 +128,8 @@ def test_no_matching_layer_exit_2():
 
 
 def test_golden_compare_table(golden):
-    from convcost.compare import compare_default
-    from convcost.report import render_compare
+    from convcost.report.compare import render_compare
+    from convcost.variants.compare import compare_default
 
     golden("compare_default.table.txt", render_compare(compare_default(), "table"))
     golden("compare_default.md", render_compare(compare_default(), "markdown"))

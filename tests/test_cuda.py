@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from convcost.cli import cli
-from convcost.device import Numerics, numerics
-from convcost.timing import TimingConfig, measure_one
+from convcost.timing.device import Numerics, numerics
+from convcost.timing.harness import TimingConfig, measure_one
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -100,7 +100,7 @@ def test_pt2_loading_never_unpickles_arbitrary_objects(tmp_path):
     import pytest
     import torch
 
-    from convcost.load import tensors_only_unpickling
+    from convcost.sources.load import tensors_only_unpickling
 
     marker = tmp_path / "pwned"
 

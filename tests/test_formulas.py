@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convcost import formulas as F
+from convcost.counting import formulas as F
 from tests.helpers import conv_layer_report, spec_report
 
 
@@ -92,8 +92,8 @@ def test_pointwise_grouped():
 
 def test_mobilenet_v1_matches_paper(tmp_path):
     """MobileNetV1 1.0-224: the paper gives 4.2M params and 569M mult-adds (conv + fc)."""
-    from convcost.analysis import analyze_model
-    from convcost.spec import build_model, example_inputs, load_spec
+    from convcost.counting.analysis import analyze_model
+    from convcost.sources.spec import build_model, example_inputs, load_spec
     from tests.conftest import EXAMPLES
 
     spec = load_spec(EXAMPLES / "mobilenet_v1.yaml")

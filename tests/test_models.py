@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from convcost.analysis import analyze_model
 from convcost.cli import cli
-from convcost.load import load_source
+from convcost.counting.analysis import analyze_model
+from convcost.sources.load import load_source
 from tests.conftest import EXAMPLES, ROOT
 
 FIX = ROOT / "tests" / "fixtures" / "bad_models.py"
@@ -115,9 +115,9 @@ def test_depth_collapses_hierarchy():
     assert len(lines) == 4 and "layer3" in r.stdout and "layer3.0" not in r.stdout
     r0 = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:TinyNet", "--depth", "0"])
     assert "(model)" in r0.stdout
-    from convcost.analysis import analyze_model
-    from convcost.load import load_source
-    from convcost.report import _collapse
+    from convcost.counting.analysis import analyze_model
+    from convcost.report.analyze import _collapse
+    from convcost.sources.load import load_source
 
     loaded = load_source(f"{EXAMPLES}/models.py:MobileNetV2")
     rep = analyze_model(loaded.model, loaded.inputs, source="m", name="m")

@@ -7,9 +7,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convcost import formulas as F
-from convcost.analysis import analyze_model
-from convcost.spec import build_model, example_inputs, spec_from_text
+from convcost.counting import formulas as F
+from convcost.counting.analysis import analyze_model
+from convcost.sources.spec import build_model, example_inputs, spec_from_text
 from tests.helpers import flop_counter_flops
 
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from convcost.cli import cli
-from convcost.device import Numerics, fingerprint, fingerprint_line, resolve_device
 from convcost.errors import InputError
-from convcost.timing import (
+from convcost.timing.device import Numerics, fingerprint, fingerprint_line, resolve_device
+from convcost.timing.harness import (
     Bench,
     OutputCheckError,
     TimingConfig,

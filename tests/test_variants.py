@@ -9,9 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convcost.compare import compare_layer, compare_model
-from convcost.load import load_source
-from convcost.variants import (
+from convcost.sources.load import load_source
+from convcost.variants.catalogue import (
     ConvLayer,
     Skip,
     Variant,
@@ -20,6 +19,7 @@ from convcost.variants import (
     paper_ratio,
     valid_groups,
 )
+from convcost.variants.compare import compare_layer, compare_model
 from tests.conftest import EXAMPLES
 
 

@@ -1,7 +1,7 @@
 """YAML layer spec: parse and validate into dataclasses, propagate shapes, build a real ``nn.Module``.
 
 One source of truth: every count convcost reports comes from the built module (via fvcore); the
-closed-form formulas in :mod:`convcost.formulas` are the cross-check. See ``docs/spec.md``.
+closed-form formulas in :mod:`convcost.counting.formulas` are the cross-check. See ``docs/spec.md``.
 
 Shapes are per sample, without the batch: ``(C, H, W)`` for feature maps, ``(F,)`` after
 ``flatten``. Conv padding defaults to ``dilation * (k - 1) // 2`` ("same" for odd kernels).
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from convcost.errors import InputError, SpecError
-from convcost.yamlio import LineDict, load_yaml_file, load_yaml_text
+from convcost.sources.yamlio import LineDict, load_yaml_file, load_yaml_text
 
 Shape = tuple[int, ...]
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from convcost.errors import InputError, ModelError
-from convcost.spec import Spec, build_model, example_inputs, load_spec
+from convcost.sources.spec import Spec, build_model, example_inputs, load_spec
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 SOURCE_FORMS = ("spec.yaml", "file.py:Name", "package.module:Name", "torchvision:NAME",

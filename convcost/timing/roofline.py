@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from convcost.device import DTYPES, Numerics, fingerprint, fingerprint_key, numerics
-from convcost.timing import TimingConfig, measure_one
+from convcost.timing.device import DTYPES, Numerics, fingerprint, fingerprint_key, numerics
+from convcost.timing.harness import TimingConfig, measure_one
 
 
 def cache_dir() -> Path:

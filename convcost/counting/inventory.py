@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.spec import AddBlock, ChannelShuffle, ConcatBlock
+from convcost.sources.spec import AddBlock, ChannelShuffle, ConcatBlock
 
 # Kinds of convolution (the ``kind`` column and JSON field).
 DENSE, GROUPED, DEPTHWISE, POINTWISE, POINTWISE_GROUPED, GDC = (

@@ -71,7 +71,7 @@ def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
     from fvcore.nn import FlopCountAnalysis
 
-    from convcost.inventory import eval_mode
+    from convcost.counting.inventory import eval_mode
 
     with eval_mode(model), torch.no_grad(), _QuietFvcore(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,7 +99,7 @@ def count_flop_counter(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from convcost.inventory import eval_mode
+    from convcost.counting.inventory import eval_mode
 
     with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(*inputs)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from convcost.device import Numerics, numerics
+from convcost.timing.device import Numerics, numerics
 
 GRAPH_THRESHOLD_MS = 0.020  # kernels faster than this also get a CUDA-graph figure
 L2_FLUSH_BYTES = 256 * 1024 * 1024

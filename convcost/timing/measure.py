@@ -15,12 +15,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from convcost.analysis import AnalysisReport
-from convcost.compare import ORIGINAL, CompareReport, CompareRow, substitute
-from convcost.device import fingerprint, numerics
-from convcost.roofline import Peaks, compulsory_bytes, lookup, roofline
-from convcost.timing import Bench, Measurement, TimingConfig, measure_interleaved
-from convcost.variants import Variant, build
+from convcost.counting.analysis import AnalysisReport
+from convcost.timing.device import fingerprint, numerics
+from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_interleaved
+from convcost.timing.roofline import Peaks, compulsory_bytes, lookup, roofline
+from convcost.variants.catalogue import Variant, build
+from convcost.variants.compare import ORIGINAL, CompareReport, CompareRow, substitute
 
 
 class Progress(Protocol):

@@ -11,7 +11,7 @@ import re
 
 import yaml
 
-from convcost.analysis import AnalysisReport, LayerRow
+from convcost.counting.analysis import AnalysisReport, LayerRow
 
 
 def _spec_name(name: str, taken: set[str]) -> str:

@@ -23,8 +23,8 @@ from fractions import Fraction
 
 from torch import nn
 
-from convcost.formulas import conv_out_size
-from convcost.spec import ChannelShuffle
+from convcost.counting.formulas import conv_out_size
+from convcost.sources.spec import ChannelShuffle
 
 DENSE, GROUPED, DEPTHWISE, SEPARABLE, POINTWISE_GROUPED, SHUFFLE, GDC = (
     "dense", "grouped", "depthwise", "separable", "pointwise-grouped", "shuffle", "gdc")

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.analysis import LayerRow, analyze_model
-from convcost.count import count_fvcore
-from convcost.variants import (
+from convcost.counting.analysis import LayerRow, analyze_model
+from convcost.counting.counters import count_fvcore
+from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
     ClosedForm,

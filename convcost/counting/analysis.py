@@ -8,9 +8,8 @@ from typing import Any
 from torch import nn
 
 from convcost import __version__
-from convcost.count import FVCORE, Counts, count_flop_counter, count_fvcore
-from convcost.errors import ModelError
-from convcost.inventory import (
+from convcost.counting.counters import FVCORE, Counts, count_flop_counter, count_fvcore
+from convcost.counting.inventory import (
     ForwardError,
     ModuleRecord,
     ShapeRecorder,
@@ -18,6 +17,7 @@ from convcost.inventory import (
     is_leaf,
     record_modules,
 )
+from convcost.errors import ModelError
 
 SCHEMA_VERSION = 1
 
@@ -71,7 +71,7 @@ class ModuleNode:
 
 @dataclass
 class AnalysisReport:
-    """Everything ``analyze`` reports; rendering lives in :mod:`convcost.report`."""
+    """Everything ``analyze`` reports; rendering lives in :mod:`convcost.report.analyze`."""
 
     source: str
     name: str

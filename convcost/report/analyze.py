@@ -1,0 +1,220 @@
+"""`analyze` reports: the per-layer table (or its ``--depth`` collapse), operators, JSON, CSV,
+Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
+from convcost.report.common import (
+    CONVENTION_LINE,
+    add_timing_columns,
+    csv_cell,
+    iqr_cell,
+    md_table,
+    pct,
+    roof_cells,
+    shape_str,
+    timing_lines,
+    to_console_text,
+)
+from convcost.units import fmt_ms, human
+
+
+def _timed(report: AnalysisReport) -> bool:
+    return report.latency_ms is not None or any(r.latency_ms is not None for r in report.layers)
+
+
+def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) -> list[RenderableType]:
+    """Rich renderables of an analysis: layer table, operator summary, warnings, conventions."""
+    timed = _timed(report)
+    inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
+    t = Table(title=f"convcost analyze: {report.name}", box=box.SIMPLE_HEAD, show_footer=True,
+              caption=f"source {report.source}  |  input {inputs} (BxCxHxW)  |  dtype "
+                      f"{report.dtype}  |  counter {report.counter}",
+              caption_justify="left", title_justify="left")
+    t.add_column("#", justify="right", footer="")
+    t.add_column("layer", footer="total")
+    t.add_column("op")
+    t.add_column("kind")
+    t.add_column("output", justify="right")
+    t.add_column("groups", justify="right")
+    t.add_column("params", justify="right", footer=human(report.params))
+    t.add_column("MACs", justify="right", footer=human(report.macs))
+    t.add_column("FLOPs", justify="right", footer=human(report.flops))
+    t.add_column("%MACs", justify="right", footer="100.0%" if report.macs else "-")
+    roof, peaks = add_timing_columns(t, report.layers, timed, fmt_ms(report.latency_ms))
+    rows = report.layers
+    if depth is not None:
+        rows = _collapse(report, depth)
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r.name, r.op, r.kind, shape_str(r.out_shape),
+                 "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
+                 human(r.flops), pct(r.macs, report.macs)]
+        if timed:
+            cells += [fmt_ms(r.latency_ms), iqr_cell(r.timing)]
+        if roof:
+            cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+        t.add_row(*cells)
+    out: list[RenderableType] = [t, operator_table(report)]
+    out.extend(timing_lines(report.timing, report.device, report.latency_ms))
+    out.extend(_warnings(report))
+    out.append(Text(CONVENTION_LINE, style="dim"))
+    return out
+
+
+def _collapse(report: AnalysisReport, depth: int) -> list[LayerRow]:
+    """Module hierarchy cut at ``depth`` (0 = the whole model, 1 = top-level children, ...)."""
+    rows = []
+    for node in report.hierarchy:
+        is_leaf_below = not any(
+            n.name.startswith(node.name + ".") for n in report.hierarchy if node.name)
+        if node.depth == depth or (node.depth < depth and is_leaf_below and node.name):
+            rows.append(LayerRow(name=node.name or "(model)", op=node.type, kind="",
+                                 in_shape=None, out_shape=node.out_shape, params=node.params,
+                                 macs=node.macs))
+    rest_p = report.params - sum(r.params for r in rows)
+    rest_m = report.macs - sum(r.macs for r in rows)
+    if rows and (rest_p or rest_m):  # work in forward() bodies above the cut (functional ops)
+        rows.append(LayerRow(name="(outside these modules)", op="", kind="", in_shape=None,
+                             out_shape=None, params=rest_p, macs=rest_m))
+    return rows or [LayerRow(name="(model)", op="", kind="", in_shape=None, out_shape=None,
+                             params=report.params, macs=report.macs)]
+
+
+def operator_table(report: AnalysisReport) -> Table:
+    t = Table(title="MACs by operator", box=box.SIMPLE_HEAD, title_justify="left")
+    t.add_column("operator")
+    t.add_column("MACs", justify="right")
+    t.add_column("FLOPs", justify="right")
+    t.add_column("%MACs", justify="right")
+    for op, macs in report.by_operator.items():
+        t.add_row(op, human(macs), human(2 * macs), pct(macs, report.macs))
+    return t
+
+
+def _warnings(report: AnalysisReport) -> list[Text]:
+    out = []
+    if report.unsupported_ops:
+        ops = ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items())
+        out.append(Text(f"warning: not counted by {report.counter} (0 MACs assumed): {ops}",
+                        style="yellow"))
+    for n in report.notes:
+        out.append(Text(f"note: {n}", style="yellow"))
+    return out
+
+
+def _layer_dict(r: LayerRow) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": r.name, "op": r.op, "kind": r.kind, "in_shape": r.in_shape,
+        "out_shape": r.out_shape, "groups": r.groups, "params": r.params, "macs": r.macs,
+        "flops": r.flops, "latency_ms": r.latency_ms,
+    }
+    if r.kernel is not None:
+        d.update(kernel=r.kernel, stride=r.stride, padding=r.padding, dilation=r.dilation,
+                 bias=r.bias)
+    if r.calls != 1:
+        d["calls"] = r.calls
+    if r.timing is not None:
+        d["timing"] = r.timing
+    return d
+
+
+def analysis_dict(report: AnalysisReport) -> dict[str, Any]:
+    """The JSON contract of DESIGN.md section 5 (plus extra fields)."""
+    shapes = report.input_shapes
+    d: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": report_meta(),
+        "source": report.source,
+        "name": report.name,
+        "conventions": CONVENTIONS,
+        "input_shape": shapes[0] if len(shapes) == 1 else shapes,
+        "input_shapes": shapes,
+        "dtype": report.dtype,
+        "counter": report.counter,
+        "totals": {"params": report.params, "macs": report.macs, "flops": report.flops,
+                   "latency_ms": report.latency_ms},
+        "by_operator": report.by_operator,
+        "unsupported_ops": report.unsupported_ops,
+        "layers": [_layer_dict(r) for r in report.layers],
+        "notes": report.notes,
+    }
+    if report.device is not None:
+        d["device"] = report.device
+    if report.timing is not None:
+        d["timing"] = report.timing
+    return d
+
+
+_CSV_FIELDS = ["name", "op", "kind", "in_shape", "out_shape", "groups", "kernel", "stride",
+               "padding", "dilation", "params", "macs", "flops", "latency_ms"]
+
+
+def analysis_csv(report: AnalysisReport) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_CSV_FIELDS)
+    for r in report.layers:
+        d = _layer_dict(r)
+        w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS])
+    w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
+                report.flops, csv_cell(report.latency_ms)])
+    return buf.getvalue()
+
+
+def analysis_markdown(report: AnalysisReport) -> str:
+    timed = _timed(report)
+    inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
+    headers = ["#", "layer", "op", "kind", "output", "groups", "params", "MACs", "FLOPs", "%MACs"]
+    align = "rlllrrrrrr"
+    if timed:
+        headers.append("latency")
+        align += "r"
+    rows = []
+    for i, r in enumerate(report.layers, 1):
+        row = [str(i), f"`{r.name}`", r.op, r.kind, shape_str(r.out_shape),
+               "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
+               human(r.flops), pct(r.macs, report.macs)]
+        if timed:
+            row.append(fmt_ms(r.latency_ms))
+        rows.append(row)
+    total = ["", "**total**", "", "", "", "", f"**{human(report.params)}**",
+             f"**{human(report.macs)}**", f"**{human(report.flops)}**", "100.0%"]
+    if timed:
+        total.append(f"**{fmt_ms(report.latency_ms)}**")
+    rows.append(total)
+    parts = [f"## convcost analyze: {report.name}", "",
+             f"Source `{report.source}`, input {inputs} (BxCxHxW), dtype {report.dtype}, "
+             f"counter {report.counter}.", "", md_table(headers, rows, align), "",
+             "### MACs by operator", "",
+             md_table(["operator", "MACs", "FLOPs", "%MACs"],
+                      [[k, human(v), human(2 * v), pct(v, report.macs)]
+                       for k, v in report.by_operator.items()], "lrrr")]
+    for w in [*timing_lines(report.timing, report.device, report.latency_ms), *_warnings(report)]:
+        parts += ["", f"> {w.plain}"]
+    parts += ["", f"_{CONVENTION_LINE}_", ""]
+    return "\n".join(parts)
+
+
+def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
+                    depth: int | None = None) -> str:
+    """The report as text in ``fmt`` (table text is colourless, for files and tests)."""
+    if fmt == "json":
+        return json.dumps(analysis_dict(report), indent=2) + "\n"
+    if fmt == "csv":
+        return analysis_csv(report)
+    if fmt == "markdown":
+        return analysis_markdown(report)
+    return to_console_text(analysis_renderables(report, depth=depth), width)
+
+

@@ -1,0 +1,126 @@
+"""`check` reports: verdict table, JSON, JUnit XML and the Markdown step summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
+from convcost.report.common import (
+    md_table,
+)
+
+_VERDICT_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
+                  "error": "red"}
+
+
+def _limit_text(r: Any) -> str:
+    from convcost.budget import fmt_metric
+
+    if r.limit is None:
+        return "-"
+    if r.kind == "regression":
+        thr = f" = {fmt_metric(r.metric, r.threshold)}" if r.threshold is not None else ""
+        return f"{r.limit.level} baseline {r.limit.text}{thr}"
+    value = r.threshold if r.threshold is not None else r.limit.value
+    return f"{r.limit.level} {fmt_metric(r.metric, value)}"
+
+
+def budget_renderables(report: Any) -> list[RenderableType]:
+    from convcost.budget import fmt_metric
+
+    t = Table(title=f"convcost check: {report.budget}", box=box.SIMPLE_HEAD, title_justify="left")
+    for col, j in (("check", "left"), ("metric", "left"), ("scope", "left"), ("actual", "right"),
+                   ("limit", "left"), ("headroom", "right"), ("verdict", "left")):
+        t.add_column(col, justify=j)
+    for r in report.results:
+        h = r.headroom_pct()
+        t.add_row(r.check, r.metric + (" (regression)" if r.kind == "regression" else ""), r.scope,
+                  fmt_metric(r.metric, r.actual), _limit_text(r),
+                  "" if h is None else (f"{h:.1f}% left" if h >= 0 else f"{-h:.1f}% over"),
+                  Text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict]))
+    out: list[RenderableType] = [t]
+    for r in report.results:
+        if r.verdict in ("fail", "warn"):
+            out.append(Text(r.message, style=_VERDICT_STYLE[r.verdict]))
+        elif r.verdict == "skip":
+            out.append(Text(f"SKIP {r.check}: {r.metric}: {r.message}", style="dim"))
+    for n in report.notices:
+        out.append(Text(f"notice: {n}", style="cyan"))
+    nf, nw = len(report.failed), len(report.warned)
+    summary = (f"{nf} failed, {nw} warned, {sum(r.verdict == 'pass' for r in report.results)} "
+               f"passed, {sum(r.verdict == 'skip' for r in report.results)} skipped")
+    out.append(Text(("FAILED: " if nf else "PASSED: ") + summary,
+                    style="bold red" if nf else "bold green"))
+    return out
+
+
+def budget_dict(report: Any, limits: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION, "tool": report_meta(), "budget": report.budget,
+        "passed": not report.failed, "conventions": CONVENTIONS,
+        "summary": {v: sum(r.verdict == v for r in report.results)
+                    for v in ("pass", "warn", "fail", "skip")},
+        "results": [{
+            "check": r.check, "metric": r.metric, "scope": r.scope, "kind": r.kind,
+            "actual": r.actual, "threshold": r.threshold, "baseline": r.baseline,
+            "headroom_pct": r.headroom_pct(), "verdict": r.verdict, "message": r.message,
+            "limit": None if r.limit is None else {"level": r.limit.level, "value": r.limit.value,
+                                                   "text": r.limit.text, "key": r.limit.key},
+        } for r in report.results],
+        "limits": limits, "metrics": report.metrics, "notices": report.notices,
+    }
+
+
+def budget_junit(report: Any) -> str:
+    """JUnit XML: one testcase per verdict row (failure / skipped / passed; warnings in
+    system-out), as CI systems read it."""
+    import xml.etree.ElementTree as ET
+
+    from convcost.budget import fmt_metric
+
+    suite = ET.Element("testsuite", name="convcost", tests=str(len(report.results)),
+                       failures=str(len(report.failed)),
+                       skipped=str(sum(r.verdict == "skip" for r in report.results)), errors="0")
+    for r in report.results:
+        case = ET.SubElement(suite, "testcase", classname=f"convcost.{r.check}",
+                             name=f"{r.metric}{'' if r.scope == 'model' else ' ' + r.scope}"
+                                  f"{' (regression)' if r.kind == 'regression' else ''}")
+        detail = f"actual {fmt_metric(r.metric, r.actual)}, limit {_limit_text(r)}"
+        if r.verdict == "fail":
+            ET.SubElement(case, "failure", message=r.message, type="BudgetExceeded").text = detail
+        elif r.verdict == "skip":
+            ET.SubElement(case, "skipped", message=r.message)
+        else:
+            ET.SubElement(case, "system-out").text = (r.message or "PASS") + ": " + detail
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def budget_markdown(report: Any) -> str:
+    from convcost.budget import fmt_metric
+
+    icon = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
+    rows = []
+    for r in report.results:
+        h = r.headroom_pct()
+        rows.append([r.check, r.metric + (" (regression)" if r.kind == "regression" else ""),
+                     r.scope, fmt_metric(r.metric, r.actual), _limit_text(r),
+                     "" if h is None else f"{h:+.1f}%", icon.get(r.verdict, r.verdict)])
+    nf = len(report.failed)
+    parts = [f"### convcost check: {'FAILED' if nf else 'passed'} ({report.budget})", "",
+             md_table(["check", "metric", "scope", "actual", "limit", "headroom", "verdict"],
+                      rows, "lllrlrl")]
+    msgs = [r.message for r in report.results if r.verdict in ("fail", "warn")]
+    if msgs:
+        parts += [""] + [f"- {m}" for m in msgs]
+    if report.notices:
+        parts += [""] + [f"> {n}" for n in report.notices]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,141 @@
+"""Rendering helpers shared by every command's report: shapes, percentages, plain-text capture of
+rich output, timing columns and footers, CSV cells and Markdown tables. Rendering only.
+
+Human units (k, M, G) in tables and Markdown; exact integers in JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from convcost.units import fmt_ms
+
+FORMATS = ("table", "json", "csv", "markdown")
+CONVENTION_LINE = ("MACs: one fused multiply-add each (fvcore's 'flop'); FLOPs = 2 x MACs; "
+                   "params: trainable parameters, buffers excluded; bias adds params, no MACs.")
+
+
+def shape_str(shape: list[int] | None, batch: bool = False) -> str:
+    """``[1, 64, 56, 56]`` -> ``64x56x56`` (the batch dimension dropped unless ``batch``)."""
+    if not shape:
+        return "-"
+    dims = shape if batch or len(shape) < 2 else shape[1:]
+    return "x".join(str(d) for d in dims)
+
+
+def pct(part: int | float, whole: int | float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def to_console_text(renderables: Iterable[RenderableType], width: int = 160) -> str:
+    """Render rich objects to plain text (no colour, fixed width): files and golden tests."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                      legacy_windows=False, soft_wrap=False)
+    for r in renderables:
+        console.print(r)
+    return console.file.getvalue()
+
+
+
+def add_timing_columns(t: Table, rows: list[Any], timed: bool,
+                        latency_footer: str = "") -> tuple[bool, bool]:
+    """Add latency/IQR columns (when timed), achieved TFLOP/s and GB/s (when any row has a
+    roofline) and % of bound / bound kind (when calibrated peaks exist). Returns (roof, peaks)."""
+    roof = timed and any((r.timing or {}).get("roofline") for r in rows)
+    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
+    if timed:
+        t.add_column("latency", justify="right", footer=latency_footer)
+        t.add_column("±IQR", justify="right")
+    if roof:
+        t.add_column("TFLOP/s", justify="right")
+        t.add_column("GB/s", justify="right")
+    if peaks:
+        t.add_column("% bound", justify="right")
+        t.add_column("bound")
+    return roof, peaks
+
+
+def iqr_cell(timing: dict[str, Any] | None) -> str:
+    m = (timing or {}).get("measurement")
+    if not m or m.get("rel_iqr") is None:
+        return "failed" if (timing or {}).get("error") or (m or {}).get("error") else ""
+    flag = "" if m.get("converged") else "!"
+    return f"{100 * m['rel_iqr']:.1f}%{flag}"
+
+
+def roof_cells(rl: dict[str, Any] | None, with_peaks: bool) -> list[str]:
+    if not rl:
+        return ["", ""] + (["", ""] if with_peaks else [])
+    cells = [f"{rl['achieved_tflops']:.3g}", f"{rl['achieved_gbs']:.3g}"]
+    if with_peaks:
+        cells += [f"{rl['pct_of_bound']:.0f}%" if "pct_of_bound" in rl else "",
+                  rl.get("bound", "")]
+    return cells
+
+
+def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
+                  model_ms: float | None) -> list[Text]:
+    """Footer lines of a timed report: device fingerprint, model vs per-layer sum, problems."""
+    from convcost.timing.device import fingerprint_line
+
+    if not timing:
+        return []
+    out = []
+    if device:
+        out.append(Text(f"device: {fingerprint_line(device)}", style="dim"))
+    m = timing.get("model")
+    if m and m.get("median_ms") is not None:
+        line = (f"whole model: {fmt_ms(m['median_ms'])} median (IQR {fmt_ms(m['iqr_ms'])}, "
+                f"n={m['n']})")
+        if timing.get("layers_sum_ms") is not None:
+            line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
+                     f"{fmt_ms(timing['layers_sum_ms'])}")
+        out.append(Text(line))
+    elif isinstance(timing.get("layers_sum_ms"), dict):
+        sums = ", ".join(f"{k} {fmt_ms(v)}" for k, v in timing["layers_sum_ms"].items())
+        out.append(Text(f"sum of the selected convs timed alone: {sums}"))
+    if not timing.get("roofline_peaks"):
+        out.append(Text("note: no roofline peaks for this device; run `convcost calibrate` to add "
+                        "% of bound and memory/compute-bound labels", style="dim"))
+    unc = timing.get("unconverged", [])
+    if len(unc) > 3:
+        out.append(Text(f"warning: {len(unc)} measurements did not converge within the time cap "
+                        f"(IQR/median above the {100 * timing.get('rel_iqr_target', 0):.0f}% target; "
+                        "marked '!'): a noisy machine, or raise --max-time", style="yellow"))
+    else:
+        for u in unc:
+            out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
+    for f in timing.get("failures", []):
+        out.append(Text(f"error: failed: {f}", style="red"))
+    if timing.get("interrupted"):
+        miss = timing.get("missing", [])
+        out.append(Text(f"interrupted: {len(miss)} measurement(s) not taken"
+                        + (f" ({', '.join(miss[:5])}{', ...' if len(miss) > 5 else ''})" if miss else ""),
+                        style="red"))
+    return out
+
+
+def csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        return "x".join(str(x) for x in v)
+    return v
+
+
+def md_table(headers: list[str], rows: list[list[str]], align: str) -> str:
+    """A GitHub Markdown table; ``align`` is one of l/r per column."""
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+

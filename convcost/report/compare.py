@@ -1,0 +1,271 @@
+"""`compare` reports: per-layer variant rows and whole-model rows, as tables, JSON, CSV, Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
+from convcost.report.common import (
+    CONVENTION_LINE,
+    add_timing_columns,
+    csv_cell,
+    iqr_cell,
+    md_table,
+    roof_cells,
+    timing_lines,
+    to_console_text,
+)
+from convcost.units import fmt_ms, fmt_ratio, human
+
+COMPARE_CONVENTIONS = {
+    **CONVENTIONS,
+    "ratio": "variant / baseline (the layer or model as it is); counted by fvcore on real modules",
+    "analytic": "closed-form ratio of weights and MACs (bias excluded, as the papers count)",
+    "latency_ratio": "measured median latency of the variant / of the baseline",
+}
+
+
+def _headline(row: Any) -> str:
+    """'MACs x0.031, latency x6.4' (latency when measured)."""
+    if row.skipped:
+        return "skipped"
+    parts = [f"MACs {fmt_ratio(row.ratio_macs)}"]
+    if row.ratio_latency is not None:
+        parts.append(f"latency {fmt_ratio(row.ratio_latency)}")
+    return ", ".join(parts)
+
+
+def _note(row: Any) -> str:
+    if row.skipped:
+        return f"skipped: {row.skipped}"
+    notes = list(row.warnings)
+    err = (row.timing or {}).get("error")
+    if err:
+        notes.insert(0, f"timing failed: {err}")
+    g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
+    if g is not None:
+        notes.append(f"CUDA graph: {fmt_ms(g)}")
+    return "; ".join(notes)
+
+
+def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
+    """(row, label) with consecutive skipped rows of one variant and reason merged:
+    'pointwise-grouped g=2,4,8' instead of three identical skip rows (JSON keeps them all)."""
+    out: list[tuple[Any, str]] = []
+    for r in rows:
+        prev = out[-1][0] if out else None
+        if (r.skipped and prev is not None and prev.skipped == r.skipped
+                and prev.variant == r.variant and r.groups is not None):
+            out[-1] = (prev, out[-1][1] + f",{r.groups}")
+        else:
+            out.append((r, r.label))
+    return out
+
+
+def _any_latency(report: Any) -> bool:
+    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]] + list(report.model_rows)
+    return any(r.latency_ms is not None for r in rows)
+
+
+def compare_renderables(report: Any, *, per_layer: bool = True) -> list[RenderableType]:
+    """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE)."""
+    timed = _any_latency(report)
+    out: list[RenderableType] = []
+    if per_layer or not report.is_model:
+        title = (f"convcost compare: {report.name}" if not report.is_model
+                 else f"convcost compare: {report.name}, per layer")
+        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=f"source {report.source}  |  ratios to the layer as it is ('original')",
+                  caption_justify="left")
+        if report.is_model:
+            t.add_column("layer")
+        for col, j in (("variant", "left"), ("params", "right"), ("MACs", "right"),
+                       ("FLOPs", "right"), ("params ratio", "right"), ("analytic", "right"),
+                       ("formula", "left")):
+            t.add_column(col, justify=j)
+        roof, peaks = add_timing_columns(
+            t, [r for lc in report.layers for r in [lc.baseline, *lc.rows]], timed)
+        t.add_column("headline")
+        t.add_column("note", max_width=60)
+        for lc in report.layers:
+            if report.is_model:
+                t.add_section()
+            for r, label in _merged([lc.baseline, *lc.rows]):
+                cells = [label, human(r.params), human(r.macs), human(r.flops),
+                         fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
+                if report.is_model:
+                    cells.insert(0, f"{lc.name} ({lc.layer.describe()})" if r is lc.baseline else "")
+                if timed:
+                    cells += [_latency_cell(r), iqr_cell(r.timing)]
+                if roof:
+                    cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+                cells += [_headline(r) if r is not lc.baseline else "baseline", _note(r)]
+                t.add_row(*cells)
+        out.append(t)
+    if report.is_model:
+        m = Table(title=f"convcost compare: {report.name}, whole model "
+                        f"({len(report.layers)} selected convs substituted)",
+                  box=box.SIMPLE_HEAD, title_justify="left",
+                  caption="analytic: closed form over the selected convs only; ratios: the whole "
+                          "model counted by fvcore", caption_justify="left")
+        for col, j in (("variant", "left"), ("replaced", "right"), ("params", "right"),
+                       ("MACs", "right"), ("params ratio", "right"), ("MACs ratio", "right"),
+                       ("analytic (convs)", "right")):
+            m.add_column(col, justify=j)
+        if timed:
+            m.add_column("latency", justify="right")
+            m.add_column("±IQR", justify="right")
+        m.add_column("headline")
+        m.add_column("note")
+        for r in [report.model_baseline, *report.model_rows]:
+            cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
+                     human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
+                     fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
+            if timed:
+                cells += [_latency_cell(r), iqr_cell(r.timing)]
+            cells += [_headline(r) if r is not report.model_baseline else "baseline", _note(r)]
+            m.add_row(*cells)
+        out.append(m)
+    out.extend(timing_lines(report.timing, report.device, None))
+    for n in report.notes:
+        out.append(Text(f"note: {n}", style="yellow"))
+    out.append(Text(CONVENTION_LINE, style="dim"))
+    out.append(Text("Ratios: variant / original; analytic: closed form (weights, bias excluded); "
+                    "latency: median per call, ±IQR relative ('!' = did not converge).", style="dim"))
+    return out
+
+
+def _latency_cell(r: Any) -> str:
+    if r.latency_ms is None:
+        return "failed" if (r.timing or {}).get("error") else "-"
+    return fmt_ms(r.latency_ms)
+
+
+def _row_dict(r: Any) -> dict[str, Any]:
+    d = {
+        "layer": r.layer, "variant": r.variant, "groups": r.groups, "label": r.label,
+        "params": r.params, "macs": r.macs, "flops": r.flops, "latency_ms": r.latency_ms,
+        "ratio": {"params": r.ratio_params, "macs": r.ratio_macs, "latency": r.ratio_latency},
+        "analytic": {"params": r.analytic_params, "macs": r.analytic_macs},
+        "formula": r.formula, "paper": r.paper, "skipped": r.skipped, "warnings": r.warnings,
+    }
+    if r.timing is not None:
+        d["timing"] = r.timing
+    if r.substituted is not None:
+        d["substituted"] = r.substituted
+        d["kept"] = [{"layer": n, "reason": why} for n, why in r.kept]
+    return d
+
+
+def _layer_info(lc: Any) -> dict[str, Any]:
+    L = lc.layer
+    return {"name": lc.name, "in": L.cin, "out": L.cout, "kernel": list(L.kernel),
+            "stride": list(L.stride), "padding": list(L.padding), "dilation": list(L.dilation),
+            "groups": L.groups, "bias": L.bias, "input_shape": list(L.input_shape),
+            "output_shape": list(L.output_shape)}
+
+
+def compare_dict(report: Any) -> dict[str, Any]:
+    """The compare JSON contract of DESIGN.md section 5 (plus extra fields)."""
+    d: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tool": report_meta(),
+                         "source": report.source, "name": report.name,
+                         "conventions": COMPARE_CONVENTIONS, "dtype": report.dtype}
+    if not report.is_model:
+        lc = report.layers[0]
+        d["layer"] = _layer_info(lc)
+        d["baseline"] = _row_dict(lc.baseline)
+        d["variants"] = [_row_dict(r) for r in lc.rows]
+    else:
+        d["baseline"] = _row_dict(report.model_baseline)
+        variants = []
+        for r in report.model_rows:
+            row = _row_dict(r)
+            row["layers"] = [_row_dict(x) for lc in report.layers for x in lc.rows
+                             if x.variant == r.variant and x.groups == r.groups]
+            variants.append(row)
+        d["variants"] = variants
+        d["layers"] = [{**_layer_info(lc), "baseline": _row_dict(lc.baseline),
+                        "variants": [_row_dict(x) for x in lc.rows]} for lc in report.layers]
+    d["notes"] = report.notes
+    if report.device is not None:
+        d["device"] = report.device
+    if report.timing is not None:
+        d["timing"] = report.timing
+    return d
+
+
+_CMP_FIELDS = ["layer", "variant", "groups", "params", "macs", "flops", "ratio_params",
+               "ratio_macs", "analytic_params", "analytic_macs", "formula", "latency_ms",
+               "ratio_latency", "skipped", "warnings"]
+
+
+def compare_csv(report: Any) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_CMP_FIELDS)
+    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
+    if report.is_model:
+        rows += [report.model_baseline, *report.model_rows]
+    for r in rows:
+        w.writerow([csv_cell(v) for v in (
+            r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
+            r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency,
+            r.skipped, "; ".join(r.warnings))])
+    return buf.getvalue()
+
+
+def compare_markdown(report: Any) -> str:
+    timed = _any_latency(report)
+    parts = [f"## convcost compare: {report.name}", "", f"Source `{report.source}`. Ratios are "
+             "variant / original; analytic is the closed form (weights, bias excluded).", ""]
+    headers = ["layer", "variant", "params", "MACs", "params ratio", "MACs ratio", "analytic",
+               "formula"] + (["latency", "latency ratio"] if timed else []) + ["note"]
+    rows = []
+    for lc in report.layers:
+        for r, label in _merged([lc.baseline, *lc.rows]):
+            row = [f"`{lc.name}`" if report.is_model else "layer", label, human(r.params),
+                   human(r.macs), fmt_ratio(r.ratio_params), fmt_ratio(r.ratio_macs),
+                   fmt_ratio(r.analytic_macs), r.formula or ""]
+            if timed:
+                row += [_latency_cell(r), fmt_ratio(r.ratio_latency)]
+            rows.append([*row, _note(r)])
+    parts.append(md_table(headers, rows, "llrrrrrl" + ("rr" if timed else "") + "l"))
+    if report.is_model:
+        mh = ["variant", "replaced", "params", "MACs", "params ratio", "MACs ratio",
+              "analytic (convs)"] + (["latency", "latency ratio"] if timed else []) + ["note"]
+        mrows = []
+        for r in [report.model_baseline, *report.model_rows]:
+            row = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
+                   human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
+                   fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
+            if timed:
+                row += [_latency_cell(r), fmt_ratio(r.ratio_latency)]
+            mrows.append([*row, _note(r)])
+        parts += ["", "### Whole model", "", md_table(mh, mrows, "lrrrrrr" + ("rr" if timed else "") + "l")]
+    for w in timing_lines(report.timing, report.device, None):
+        parts += ["", f"> {w.plain}"]
+    for n in report.notes:
+        parts += ["", f"> note: {n}"]
+    parts += ["", f"_{CONVENTION_LINE}_", ""]
+    return "\n".join(parts)
+
+
+def render_compare(report: Any, fmt: str, *, width: int = 160, per_layer: bool = True) -> str:
+    if fmt == "json":
+        return json.dumps(compare_dict(report), indent=2) + "\n"
+    if fmt == "csv":
+        return compare_csv(report)
+    if fmt == "markdown":
+        return compare_markdown(report)
+    return to_console_text(compare_renderables(report, per_layer=per_layer), width)
+
+
