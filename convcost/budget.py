@@ -397,9 +397,10 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
 
     from convcost.counting.analysis import analyze_model
     from convcost.sources.load import is_spec_path, load_source
-    from convcost.timing.device import Numerics, numerics
-    from convcost.timing.harness import TimingConfig, measure_interleaved
-    from convcost.timing.measure import bench_module
+    from convcost.timing.device import Numerics
+    from convcost.timing.engine import TimingEngine
+    from convcost.timing.harness import TimingConfig
+    from convcost.timing.kernel import Kernel
 
     bpath = baseline_path or budget.baseline
     baseline = None if update_baseline else load_baseline(bpath)
@@ -433,12 +434,19 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                 shapes = [tuple(x.shape) for x in loaded.inputs]
                 if lat.batch:
                     shapes = [(lat.batch, *s[1:]) for s in shapes]
-                with numerics(n), torch.inference_mode():
-                    (meas,) = measure_interleaved([bench_module(loaded.model, shapes, cfg)])
-                if meas.error:
-                    metrics["latency_skip"] = f"timing failed: {meas.error}"
-                    report.notices.append(f"{check.name}: latency could not be measured: "
-                                          f"{meas.error}")
+                # a gate measures fresh: no latency table, no budget (the cap bounds it)
+                engine = TimingEngine(cfg, budget_s=None)
+                (key,) = engine.add_group([Kernel(loaded.model, shapes, None, a.macs,
+                                                  f"model {check.name}", "model")], paired=False)
+                engine.run()
+                kr = engine.kernel(key)
+                if engine.interrupted:
+                    raise KeyboardInterrupt
+                meas = kr.measurement
+                if meas is None or meas.median_ms is None:
+                    err = kr.error or "not measured"
+                    metrics["latency_skip"] = f"timing failed: {err}"
+                    report.notices.append(f"{check.name}: latency could not be measured: {err}")
                 else:
                     metrics["latency_ms"] = meas.median_ms
                     metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,

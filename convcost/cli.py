@@ -14,6 +14,8 @@ from rich.console import Console
 from convcost import __version__
 from convcost.errors import ConvcostError, ExitStatus, InputError
 
+DEFAULT_BUDGET_S = 40.0  # the engine's default, repeated here so --help needs no torch import
+
 # --------------------------------------------------------------------------- error mapping
 
 
@@ -92,6 +94,18 @@ class ShapeType(click.ParamType):
         if any(d > 1 << 20 for d in dims):
             self.fail(f"{value!r}: a dimension is larger than {1 << 20}", param, ctx)
         return dims
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (``click.FloatRange`` lets nan through)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 class GroupsType(click.ParamType):
@@ -187,8 +201,15 @@ def timing_options(f: Callable) -> Callable:
                      help="CPU threads for timing (default: torch's)."),
         click.option("--cold", is_flag=True,
                      help="Flush the caches (L2 on CUDA) before each timed call."),
-        click.option("--max-time", type=click.FloatRange(0.001, 3600), default=1.0,
+        click.option("--max-time", type=FiniteFloat(0.001, 3600), default=1.0,
                      show_default=True, help="Time cap per measurement, in seconds."),
+        click.option("--time-budget", type=FiniteFloat(0.1, 86400), default=DEFAULT_BUDGET_S,
+                     show_default=True,
+                     help="Seconds for all the timing of this command, split over the kernels "
+                          "still to measure (cached ones cost nothing); what does not fit is "
+                          "marked 'not measured (budget)' and the exit code is 4."),
+        click.option("--fresh", is_flag=True,
+                     help="Re-measure everything instead of reusing the latency table."),
         click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
     ]
@@ -209,43 +230,33 @@ def _timing_config(device: str, dtype: str | None, channels_last: bool | None,
     return TimingConfig(numerics=Numerics(dev, dt, cl, threads), cold=cold, max_time_s=max_time)
 
 
-class RichProgress:
-    """Progress bar on stderr (the core only calls start/advance)."""
+def _engine(cfg: Any, time_budget: float, fresh: bool, progress: Any) -> Any:
+    """The timing engine with the user's latency table (notices, never errors, if unusable)."""
+    from convcost.timing.engine import TimingEngine
+    from convcost.timing.table import LatencyTable
 
-    def __init__(self, what: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.what = what
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[item]}"),
-                          console=Console(stderr=True), transient=True)
-        self.task = None
-
-    def __enter__(self) -> RichProgress:
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.p.__exit__(*exc)
-
-    def start(self, total: int) -> None:
-        self.task = self.p.add_task(self.what, total=total, item="")
-
-    def advance(self, label: str) -> None:
-        if self.task is not None:
-            self.p.update(self.task, advance=1, item=label)
+    return TimingEngine(cfg, table=LatencyTable.open(), budget_s=time_budget, fresh=fresh,
+                        progress=progress)
 
 
 def _exit_for(run: Any) -> None:
-    """Non-zero exit after the report is out: 130 interrupted, 4 some measurements failed."""
+    """Non-zero exit after the report is out: 130 interrupted, 4 some measurements failed or
+    did not fit in the time budget."""
     if run is None:
         return
     if run.interrupted:
         _err("interrupted: the finished rows are reported above (and written to -o)")
         sys.exit(int(ExitStatus.INTERRUPTED))
+    problems = []
     if run.failures:
-        _err(f"incomplete: {len(run.failures)} measurement(s) failed (see the rows marked "
-             "'failed')")
+        problems.append(f"{len(run.failures)} measurement(s) failed (see the rows marked "
+                        "'failed')")
+    if run.over_budget:
+        problems.append(f"{len(run.over_budget)} measurement(s) did not fit in the time budget "
+                        f"of {run.engine.get('time_budget_s'):g} s (marked 'not measured "
+                        "(budget)'); raise --time-budget, or rerun: measured kernels are cached")
+    if problems:
+        _err("incomplete: " + "; ".join(problems))
         sys.exit(int(ExitStatus.INCOMPLETE))
 
 
@@ -310,7 +321,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             input_shape: tuple[int, ...] | None, depth: int | None,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            plot: Path | None, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.counting.analysis import analyze_model
     from convcost.report.analyze import analysis_renderables, render_analysis
@@ -325,10 +336,12 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
                            dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
     run = None
     if cfg is not None:
+        from convcost.report.progress import progress_for
         from convcost.timing.measure import time_analysis
 
-        with RichProgress("timing layers") as prog:
-            run = time_analysis(report, loaded.model, loaded.inputs, cfg, prog)
+        with progress_for("timing") as prog:
+            run = time_analysis(report, loaded.model, loaded.inputs,
+                                _engine(cfg, time_budget, fresh, prog))
     if plot is not None:
         from convcost.report.plot import plot_analysis
 
@@ -390,7 +403,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            plot: Path | None, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -446,8 +459,10 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
 
         cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype)
         report.dtype = cfg.numerics.dtype
-        with RichProgress("timing variants") as prog:
-            run = time_compare(report, cfg, model, inputs, prog)
+        from convcost.report.progress import progress_for
+
+        with progress_for("timing") as prog:
+            run = time_compare(report, _engine(cfg, time_budget, fresh, prog), model, inputs)
     if plot is not None:
         from convcost.report.plot import plot_compare
 
@@ -566,6 +581,84 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
         click.echo(r.message, err=True)
     if report.failed:
         sys.exit(int(ExitStatus.BUDGET_EXCEEDED))
+
+
+@cli.group()
+def cache() -> None:
+    """The latency table: measurements kept between runs (in the user cache directory).
+
+    \b
+    convcost cache list              what is stored
+    convcost cache export t.csv      the lookup table as CSV (or .json)
+    convcost cache clear             delete every stored measurement
+    """
+
+
+def _open_table() -> Any:
+    from convcost.timing.table import LatencyTable
+
+    t = LatencyTable.open()
+    for n in t.notices:
+        click.echo(f"notice: {n}", err=True)
+    return t
+
+
+@cache.command("list")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              default="table", show_default=True)
+@_common
+def cache_list(fmt: str) -> None:
+    """Show the stored measurements, newest first."""
+    from convcost.report.cache import cache_csv, cache_json, cache_renderables
+
+    t = _open_table()
+    rows = t.kernels()
+    if fmt == "json":
+        click.echo(cache_json(rows, str(t.path)), nl=False)
+    elif fmt == "csv":
+        click.echo(cache_csv(rows), nl=False)
+    else:
+        console = stdout_console()
+        for r in cache_renderables(rows, str(t.path), t.count()[1]):
+            console.print(r)
+
+
+@cache.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-f", "--format", "fmt", type=click.Choice(["json", "csv"]),
+              help="Format (default: from the extension, .json or .csv).")
+@_common
+def cache_export(file: Path, fmt: str | None) -> None:
+    """Write the stored measurements to FILE as JSON or CSV."""
+    from convcost.report.cache import cache_csv, cache_json
+
+    ext = file.suffix.lower().lstrip(".")
+    fmt = fmt or (ext if ext in ("json", "csv") else None)
+    if fmt is None:
+        raise InputError(f"{file}: cannot tell the format from the extension; use .json or .csv, "
+                         "or --format json|csv")
+    t = _open_table()
+    rows = t.kernels()
+    _write_file(file, cache_json(rows, str(t.path)) if fmt == "json" else cache_csv(rows))
+    click.echo(f"wrote {len(rows)} measurement(s) to {file}", err=True)
+
+
+@cache.command("clear")
+@_common
+def cache_clear() -> None:
+    """Delete every stored measurement and paired ratio."""
+    t = _open_table()
+    k, p = t.clear()
+    click.echo(f"removed {k} measurement(s) and {p} paired ratio(s) from {t.path}")
+
+
+@cache.command("path")
+@_common
+def cache_path() -> None:
+    """Print where the latency table lives."""
+    from convcost.timing.table import default_path
+
+    click.echo(str(default_path()))
 
 
 def main(argv: list[str] | None = None) -> None:

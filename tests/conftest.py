@@ -51,3 +51,12 @@ def write_spec(tmp_path: Path):
         p.write_text(text, encoding="utf-8")
         return p
     return _write
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own cache directory (latency table, peaks): no test reuses another's
+    measurements and the user's ~/.cache is never touched. Subprocesses inherit it."""
+    d = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CONVCOST_CACHE_DIR", str(d))
+    return d

@@ -97,28 +97,55 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
             line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
                      f"{fmt_ms(timing['layers_sum_ms'])}")
         out.append(Text(line))
-    elif isinstance(timing.get("layers_sum_ms"), dict):
-        sums = ", ".join(f"{k} {fmt_ms(v)}" for k, v in timing["layers_sum_ms"].items())
-        out.append(Text(f"sum of the selected convs timed alone: {sums}"))
+    eng = timing.get("engine") or {}
+    if eng:
+        out.append(Text(engine_line(eng), style="dim"))
+    for n in timing.get("notices", []):
+        out.append(Text(f"notice: {n}", style="cyan"))
     if not timing.get("roofline_peaks"):
         out.append(Text("note: no roofline peaks for this device; run `convcost calibrate` to add "
                         "% of bound and memory/compute-bound labels", style="dim"))
     unc = timing.get("unconverged", [])
     if len(unc) > 3:
-        out.append(Text(f"warning: {len(unc)} measurements did not converge within the time cap "
-                        f"(IQR/median above the {100 * timing.get('rel_iqr_target', 0):.0f}% target; "
-                        "marked '!'): a noisy machine, or raise --max-time", style="yellow"))
+        out.append(Text(f"warning: {len(unc)} kernel measurements stopped at their time cap "
+                        f"before IQR/median reached {100 * timing.get('rel_iqr_target', 0):.0f}% "
+                        "(marked '!'): a noisy machine, or a budget too small for them; raise "
+                        "--time-budget / --max-time", style="yellow"))
     else:
         for u in unc:
             out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
     for f in timing.get("failures", []):
         out.append(Text(f"error: failed: {f}", style="red"))
+    over = timing.get("not_measured_budget", [])
+    if over:
+        out.append(Text(f"incomplete: the time budget ({eng.get('time_budget_s', 0):g} s) ran out "
+                        f"before {len(over)} measurement(s) ({_some(over)}): marked 'not measured'; "
+                        "raise --time-budget, or rerun (what was measured is cached)", style="red"))
     if timing.get("interrupted"):
         miss = timing.get("missing", [])
         out.append(Text(f"interrupted: {len(miss)} measurement(s) not taken"
-                        + (f" ({', '.join(miss[:5])}{', ...' if len(miss) > 5 else ''})" if miss else ""),
-                        style="red"))
+                        + (f" ({_some(miss)})" if miss else ""), style="red"))
     return out
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def engine_line(eng: dict[str, Any]) -> str:
+    """'timing: 18 unique kernels, 12 measured, 6 from the latency table; 14.2 s of a 40 s budget'."""
+    parts = [f"timing: {eng.get('unique_kernels', 0)} unique kernel(s)"]
+    for key, what in (("measured", "measured"), ("cached", "from the latency table"),
+                      ("failed", "failed"), ("not_measured_budget", "over budget"),
+                      ("interrupted", "interrupted")):
+        if eng.get(key):
+            parts.append(f"{eng[key]} {what}")
+    line = ", ".join(parts)
+    if eng.get("time_budget_s") is not None:
+        line += f"; {eng.get('timing_s', 0):.1f} s of a {eng['time_budget_s']:g} s budget"
+    if eng.get("cached"):
+        line += " (--fresh re-measures)"
+    return line
 
 
 def csv_cell(v: Any) -> Any:

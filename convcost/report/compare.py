@@ -24,24 +24,63 @@ from convcost.report.common import (
     timing_lines,
     to_console_text,
 )
+from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
+from convcost.timing.stats import PairedRatio
 from convcost.units import fmt_ms, fmt_ratio, human
 
 COMPARE_CONVENTIONS = {
     **CONVENTIONS,
     "ratio": "variant / baseline (the layer or model as it is); counted by fvcore on real modules",
     "analytic": "closed-form ratio of weights and MACs (bias excluded, as the papers count)",
-    "latency_ratio": "measured median latency of the variant / of the baseline",
+    "latency_ratio": "variant / baseline latency, paired: median of the per-round ratios of "
+                     "interleaved rounds (baseline and variant back to back), with a bootstrap "
+                     "95% interval (latency_ratio_ci)",
 }
+LEGEND = ("Ratios: variant / original; analytic: closed form (weights, bias excluded); latency: "
+          "median per call, ±IQR relative ('!' = did not converge); latency ratio: median of "
+          "per-round ratios of interleaved rounds, 95% bootstrap interval in brackets.")
+
+
+def _noisy(row: Any) -> bool:
+    """A measured ratio whose interval is too wide to quote (see stats.PairedRatio)."""
+    if row.ratio_latency is None or row.latency_ci is None or row.latency_source == SAME:
+        return False
+    return not PairedRatio(row.ratio_latency, *row.latency_ci,
+                           row.latency_rounds or 0).supports_headline
+
+
+def _latency_phrase(row: Any) -> str:
+    if row.latency_source == SAME:
+        return "= original"
+    if row.ratio_latency is None or row.latency_ci is None:
+        return ""
+    if _noisy(row):
+        lo, hi = row.latency_ci
+        return f"noisy: {fmt_ratio(lo)}-{fmt_ratio(hi)}"
+    return f"latency {fmt_ratio(row.ratio_latency)}"
 
 
 def _headline(row: Any) -> str:
-    """'MACs x0.031, latency x6.4' (latency when measured)."""
+    """'MACs x0.031, latency x6.40', 'MACs x0.25, noisy: x0.2-x1.4' or 'MACs x1.00, = original'."""
     if row.skipped:
         return "skipped"
     parts = [f"MACs {fmt_ratio(row.ratio_macs)}"]
-    if row.ratio_latency is not None:
-        parts.append(f"latency {fmt_ratio(row.ratio_latency)}")
+    lat = _latency_phrase(row)
+    if lat:
+        parts.append(lat)
     return ", ".join(parts)
+
+
+def _ratio_cell(row: Any) -> str:
+    """'x0.705 [0.681, 0.729]' (the paired latency ratio and its 95% interval)."""
+    if row.latency_source == SAME:
+        return "x1 (same kernel)"
+    if row.ratio_latency is None:
+        return "-"
+    if row.latency_ci is None or row.latency_ci == (1.0, 1.0):
+        return fmt_ratio(row.ratio_latency)
+    lo, hi = row.latency_ci
+    return f"{fmt_ratio(row.ratio_latency)} [{lo:.3g}, {hi:.3g}]"
 
 
 def _note(row: Any) -> str:
@@ -51,8 +90,16 @@ def _note(row: Any) -> str:
     err = (row.timing or {}).get("error")
     if err:
         notes.insert(0, f"timing failed: {err}")
+    if row.latency_source == SAME:
+        notes.insert(0, "same kernel as the original: not timed again")
+    elif row.latency_source == BUDGET:
+        notes.insert(0, "not measured (budget)")
+    elif row.latency_source == INTERRUPTED:
+        notes.insert(0, "not measured (interrupted)")
+    elif row.latency_source == CACHED and row.cached_at:
+        notes.append(f"cached {row.cached_at[:10]}")
     g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
-    if g is not None:
+    if g is not None and row.latency_source != SAME:
         notes.append(f"CUDA graph: {fmt_ms(g)}")
     return "; ".join(notes)
 
@@ -94,6 +141,8 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
             t.add_column(col, justify=j)
         roof, peaks = add_timing_columns(
             t, [r for lc in report.layers for r in [lc.baseline, *lc.rows]], timed)
+        if timed:
+            t.add_column("latency ratio", justify="right")
         t.add_column("headline")
         t.add_column("note", max_width=60)
         for lc in report.layers:
@@ -108,6 +157,8 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
                     cells += [_latency_cell(r), iqr_cell(r.timing)]
                 if roof:
                     cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+                if timed:
+                    cells.append("" if r is lc.baseline else _ratio_cell(r))
                 cells += [_headline(r) if r is not lc.baseline else "baseline", _note(r)]
                 t.add_row(*cells)
         out.append(t)
@@ -124,6 +175,7 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
         if timed:
             m.add_column("latency", justify="right")
             m.add_column("±IQR", justify="right")
+            m.add_column("latency ratio", justify="right")
         m.add_column("headline")
         m.add_column("note")
         for r in [report.model_baseline, *report.model_rows]:
@@ -131,22 +183,56 @@ def compare_renderables(report: Any, *, per_layer: bool = True) -> list[Renderab
                      human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                      fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
             if timed:
-                cells += [_latency_cell(r), iqr_cell(r.timing)]
+                cells += [_latency_cell(r), iqr_cell(r.timing),
+                          "" if r is report.model_baseline else _ratio_cell(r)]
             cells += [_headline(r) if r is not report.model_baseline else "baseline", _note(r)]
             m.add_row(*cells)
         out.append(m)
+    out.extend(_footer(report))
+    out.append(Text(CONVENTION_LINE, style="dim"))
+    out.append(Text(LEGEND, style="dim"))
+    return out
+
+
+def _all_rows(report: Any) -> list[Any]:
+    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
+    if report.is_model:
+        rows += [report.model_baseline, *report.model_rows]
+    return rows
+
+
+def _footer(report: Any) -> list[Text]:
+    """Whole model vs its convs alone, the timing lines, noisy ratios, notes."""
+    out: list[Text] = []
+    sums = (report.timing or {}).get("layers_sum_ms")
+    if report.is_model and isinstance(sums, dict):
+        parts = []
+        for r in [report.model_baseline, *report.model_rows]:
+            if r.skipped:
+                continue
+            key = "original" if r is report.model_baseline else r.label
+            parts.append(f"{r.label} {fmt_ms(r.latency_ms)} / {fmt_ms(sums.get(key))}")
+        out.append(Text("whole model / the sum of its selected convs timed alone: "
+                        + "; ".join(parts)))
     out.extend(timing_lines(report.timing, report.device, None))
+    noisy = [r for r in _all_rows(report) if _noisy(r)]
+    if noisy:
+        out.append(Text(f"note: {len(noisy)} latency ratio(s) too noisy to quote (95% interval "
+                        "wider than half the ratio; shown as 'noisy: lo-hi'): for a firmer figure "
+                        "raise --time-budget (and --max-time), or time on a quieter machine",
+                        style="yellow"))
     for n in report.notes:
         out.append(Text(f"note: {n}", style="yellow"))
-    out.append(Text(CONVENTION_LINE, style="dim"))
-    out.append(Text("Ratios: variant / original; analytic: closed form (weights, bias excluded); "
-                    "latency: median per call, ±IQR relative ('!' = did not converge).", style="dim"))
     return out
 
 
 def _latency_cell(r: Any) -> str:
+    if r.latency_source == SAME:
+        return "= original"
     if r.latency_ms is None:
-        return "failed" if (r.timing or {}).get("error") else "-"
+        if (r.timing or {}).get("error"):
+            return "failed"
+        return "not measured" if r.latency_source in (BUDGET, INTERRUPTED) else "-"
     return fmt_ms(r.latency_ms)
 
 
@@ -156,6 +242,8 @@ def _row_dict(r: Any) -> dict[str, Any]:
         "params": r.params, "macs": r.macs, "flops": r.flops, "latency_ms": r.latency_ms,
         "ratio": {"params": r.ratio_params, "macs": r.ratio_macs, "latency": r.ratio_latency},
         "analytic": {"params": r.analytic_params, "macs": r.analytic_macs},
+        "latency_ratio_ci": list(r.latency_ci) if r.latency_ci is not None else None,
+        "latency_source": r.latency_source, "cached_at": r.cached_at,
         "formula": r.formula, "paper": r.paper, "skipped": r.skipped, "warnings": r.warnings,
     }
     if r.timing is not None:
@@ -184,6 +272,9 @@ def compare_dict(report: Any) -> dict[str, Any]:
         d["layer"] = _layer_info(lc)
         d["baseline"] = _row_dict(lc.baseline)
         d["variants"] = [_row_dict(r) for r in lc.rows]
+        if len(report.layers) > 1 or report.source != "built-in layer":  # --no-model: all layers
+            d["layers"] = [{**_layer_info(x), "baseline": _row_dict(x.baseline),
+                            "variants": [_row_dict(v) for v in x.rows]} for x in report.layers]
     else:
         d["baseline"] = _row_dict(report.model_baseline)
         variants = []
@@ -205,21 +296,20 @@ def compare_dict(report: Any) -> dict[str, Any]:
 
 _CMP_FIELDS = ["layer", "variant", "groups", "params", "macs", "flops", "ratio_params",
                "ratio_macs", "analytic_params", "analytic_macs", "formula", "latency_ms",
-               "ratio_latency", "skipped", "warnings"]
+               "ratio_latency", "ratio_latency_lo", "ratio_latency_hi", "latency_source",
+               "skipped", "warnings"]
 
 
 def compare_csv(report: Any) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(_CMP_FIELDS)
-    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
-    if report.is_model:
-        rows += [report.model_baseline, *report.model_rows]
-    for r in rows:
+    for r in _all_rows(report):
+        lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
         w.writerow([csv_cell(v) for v in (
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
-            r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency,
-            r.skipped, "; ".join(r.warnings))])
+            r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
+            r.latency_source, r.skipped, "; ".join(r.warnings))])
     return buf.getvalue()
 
 
@@ -228,7 +318,7 @@ def compare_markdown(report: Any) -> str:
     parts = [f"## convcost compare: {report.name}", "", f"Source `{report.source}`. Ratios are "
              "variant / original; analytic is the closed form (weights, bias excluded).", ""]
     headers = ["layer", "variant", "params", "MACs", "params ratio", "MACs ratio", "analytic",
-               "formula"] + (["latency", "latency ratio"] if timed else []) + ["note"]
+               "formula"] + (["latency", "latency ratio"] if timed else []) + ["headline", "note"]
     rows = []
     for lc in report.layers:
         for r, label in _merged([lc.baseline, *lc.rows]):
@@ -236,26 +326,26 @@ def compare_markdown(report: Any) -> str:
                    human(r.macs), fmt_ratio(r.ratio_params), fmt_ratio(r.ratio_macs),
                    fmt_ratio(r.analytic_macs), r.formula or ""]
             if timed:
-                row += [_latency_cell(r), fmt_ratio(r.ratio_latency)]
-            rows.append([*row, _note(r)])
-    parts.append(md_table(headers, rows, "llrrrrrl" + ("rr" if timed else "") + "l"))
+                row += [_latency_cell(r), "" if r is lc.baseline else _ratio_cell(r)]
+            rows.append([*row, _headline(r) if r is not lc.baseline else "baseline", _note(r)])
+    parts.append(md_table(headers, rows, "llrrrrrl" + ("rr" if timed else "") + "ll"))
     if report.is_model:
         mh = ["variant", "replaced", "params", "MACs", "params ratio", "MACs ratio",
-              "analytic (convs)"] + (["latency", "latency ratio"] if timed else []) + ["note"]
+              "analytic (convs)"] + (["latency", "latency ratio"] if timed else []) + ["headline",
+                                                                                       "note"]
         mrows = []
         for r in [report.model_baseline, *report.model_rows]:
             row = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                    human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                    fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
             if timed:
-                row += [_latency_cell(r), fmt_ratio(r.ratio_latency)]
-            mrows.append([*row, _note(r)])
-        parts += ["", "### Whole model", "", md_table(mh, mrows, "lrrrrrr" + ("rr" if timed else "") + "l")]
-    for w in timing_lines(report.timing, report.device, None):
+                row += [_latency_cell(r), "" if r is report.model_baseline else _ratio_cell(r)]
+            mrows.append([*row, _headline(r) if r is not report.model_baseline else "baseline",
+                          _note(r)])
+        parts += ["", "### Whole model", "", md_table(mh, mrows, "lrrrrrr" + ("rr" if timed else "") + "ll")]
+    for w in _footer(report):
         parts += ["", f"> {w.plain}"]
-    for n in report.notes:
-        parts += ["", f"> note: {n}"]
-    parts += ["", f"_{CONVENTION_LINE}_", ""]
+    parts += ["", f"_{CONVENTION_LINE}_", "", f"_{LEGEND}_", ""]
     return "\n".join(parts)
 
 

@@ -11,7 +11,7 @@ from convcost.errors import InputError
 def _plt() -> Any:
     import os
 
-    from convcost.timing.roofline import cache_dir
+    from convcost.paths import cache_dir
 
     # matplotlib writes a font cache; keep it in convcost's cache, not in the user's home
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))

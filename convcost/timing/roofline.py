@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from convcost.paths import cache_dir
 from convcost.timing.device import DTYPES, Numerics, fingerprint, fingerprint_key, numerics
 from convcost.timing.harness import TimingConfig, measure_one
-
-
-def cache_dir() -> Path:
-    """``$CONVCOST_CACHE_DIR``, else ``$XDG_CACHE_HOME/convcost``, else ``~/.cache/convcost``."""
-    if os.environ.get("CONVCOST_CACHE_DIR"):
-        return Path(os.environ["CONVCOST_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "convcost"
 
 
 def cache_file() -> Path:

@@ -58,7 +58,11 @@ class CompareRow:
     skipped: str | None = None
     warnings: list[str] = field(default_factory=list)
     latency_ms: float | None = None
-    ratio_latency: float | None = None
+    ratio_latency: float | None = None  # paired: median of per-round ratios to the original
+    latency_ci: tuple[float, float] | None = None  # bootstrap 95% interval of ratio_latency
+    latency_rounds: int | None = None
+    latency_source: str | None = None  # measured | cached | same | failed | budget | interrupted
+    cached_at: str | None = None
     timing: dict[str, Any] | None = None
     substituted: int | None = None  # model rows: how many selected convs were replaced
     kept: list[tuple[str, str]] = field(default_factory=list)  # model rows: (layer, why kept)

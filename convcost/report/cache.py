@@ -1,0 +1,64 @@
+"""`cache` reports: the latency table as a rich table, JSON or CSV (the latency lookup table that
+hardware-aware architecture search builds by hand). Rendering only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from convcost.counting.analysis import SCHEMA_VERSION, report_meta
+from convcost.units import fmt_ms
+
+EXPORT_FIELDS = ("label", "scope", "in_shapes", "dtype", "memory_format", "backend", "cold",
+                 "device", "device_name", "compute_capability", "driver", "torch", "cuda",
+                 "cudnn", "onednn", "threads", "macs", "median_ms", "q1_ms", "q3_ms", "min_ms",
+                 "max_ms", "n", "calls_per_sample", "converged", "graph_median_ms", "measured_at",
+                 "convcost", "key")
+
+
+def _shapes(v: Any) -> str:
+    return ", ".join("x".join(str(d) for d in s) for s in v) if v else ""
+
+
+def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int) -> list[RenderableType]:
+    t = Table(title=f"convcost latency table: {path}", box=box.SIMPLE_HEAD, title_justify="left")
+    for col, j in (("measured", "left"), ("device", "left"), ("dtype", "left"),
+                   ("threads", "right"), ("kernel", "left"), ("input", "left"),
+                   ("median", "right"), ("±IQR", "right"), ("n", "right")):
+        t.add_column(col, justify=j)
+    for r in rows:
+        med, q1, q3 = r.get("median_ms"), r.get("q1_ms"), r.get("q3_ms")
+        iqr = f"{100 * (q3 - q1) / med:.1f}%" if med and q1 is not None and q3 is not None else ""
+        t.add_row((r.get("measured_at") or "")[:10], str(r.get("device_name") or ""),
+                  f"{r.get('dtype')}{' cl' if r.get('memory_format') == 'channels_last' else ''}",
+                  str(r.get("threads") or ""), str(r.get("label") or ""), _shapes(r.get("in_shapes")),
+                  fmt_ms(med), iqr + ("" if r.get("converged") else "!"), str(r.get("n") or ""))
+    return [t, Text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache "
+                    "export FILE.csv|FILE.json` writes them, `convcost cache clear` empties the "
+                    "table", style="dim")]
+
+
+def cache_json(rows: list[dict[str, Any]], path: str) -> str:
+    doc = {"schema_version": SCHEMA_VERSION, "tool": report_meta(), "latency_table": path,
+           "conventions": {"median_ms": "median wall time per call in milliseconds",
+                           "in_shapes": "input shapes with the batch dimension",
+                           "macs": "multiply-adds per call (fvcore convention)"},
+           "measurements": [{f: r.get(f) for f in EXPORT_FIELDS} for r in rows]}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def cache_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(EXPORT_FIELDS)
+    for r in rows:
+        w.writerow(["" if r.get(f) is None else (_shapes(r[f]) if f == "in_shapes" else r[f])
+                    for f in EXPORT_FIELDS])
+    return buf.getvalue()

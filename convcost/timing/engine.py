@@ -1,0 +1,399 @@
+"""The timing engine: each unique kernel measured once, paired ratios, a time budget, a cache.
+
+Callers register *groups*: a list of :class:`~convcost.timing.kernel.Kernel` (with ``paired``,
+the first is the baseline and the others are its variants). The engine
+
+- keys every kernel (:func:`~convcost.timing.kernel.kernel_key`); identical groups are measured
+  once, a variant identical to its baseline is not measured at all (``same``), and a kernel
+  already measured in this run keeps its first figure;
+- reuses the persistent latency table (:mod:`convcost.timing.table`) unless ``fresh``, and
+  stores what it measured (measurements with at least ``min_samples`` samples only);
+- measures the rest group by group in interleaved rounds (:func:`measure_group`), paired ratios
+  with bootstrap intervals for variants;
+- splits the whole-run ``budget_s`` over what is still to measure: after a group's warm-up each
+  callable's sampling cap is set by water-filling (equal sample counts where possible, at least
+  ``min_samples`` samples, never above ``max_time_s``); when the budget runs out the rest is
+  marked ``budget`` (not measured);
+- stops cleanly on Ctrl-C (``interrupted``), keeping what finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from convcost import __version__
+from convcost.timing.device import fingerprint, numerics
+from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_group
+from convcost.timing.kernel import Kernel, kernel_key
+from convcost.timing.stats import PairedRatio, paired_ratio
+from convcost.timing.table import LatencyTable, now_iso
+
+MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING = (
+    "measured", "cached", "same", "failed", "budget", "interrupted", "pending")
+DEFAULT_BUDGET_S = 40.0
+CPU_MACS_PER_S = 3e10  # rough speeds, only to split the budget before a kernel's first call
+CUDA_MACS_PER_S = 2e13
+CALL_OVERHEAD_S = 2e-5
+
+
+class Progress(Protocol):
+    def start(self, total: int, budget_s: float | None = None) -> None: ...
+    def advance(self, label: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int, budget_s: float | None = None) -> None:
+        pass
+
+    def advance(self, label: str) -> None:
+        pass
+
+
+@dataclass
+class KernelResult:
+    """A kernel's figure: measured in this run, reused from the table, or why there is none."""
+
+    status: str = PENDING
+    measurement: Measurement | None = None
+    cached_at: str | None = None
+    error: str | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.measurement.median_ms if self.measurement else None
+
+
+@dataclass
+class PairResult:
+    status: str = PENDING
+    ratio: PairedRatio | None = None
+    cached_at: str | None = None
+
+
+@dataclass
+class Group:
+    kernels: list[Kernel]
+    keys: list[str]
+    paired: bool
+    label: str
+
+
+def _fill(lam: float, items: Sequence[tuple[float, float, float]]) -> float:
+    return sum(min(cap, max(floor, lam * w)) for w, floor, cap in items)
+
+
+def water_fill(total: float, items: Sequence[tuple[float, float, float]]) -> float:
+    """The level ``lam`` at which ``sum(clamp(lam * w, floor, cap)) == total`` (items are
+    (weight, floor, cap)); ``inf`` when even the caps fit."""
+    if _fill(float("inf"), items) <= total:
+        return float("inf")
+    lo, hi = 0.0, 1.0
+    while _fill(hi, items) < total and hi < 1e12:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _fill(mid, items) < total:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class TimingEngine:
+    """See the module docstring. Use: ``add_group`` for everything, ``run()``, then read
+    ``kernel(key)`` / ``pair(base_key, var_key)``."""
+
+    cfg: TimingConfig
+    table: LatencyTable = field(default_factory=LatencyTable.disabled)
+    budget_s: float | None = DEFAULT_BUDGET_S
+    fresh: bool = False
+    backend: str = "eager"
+    progress: Progress = field(default_factory=NoProgress)
+    batch: int | None = None
+    groups: list[Group] = field(default_factory=list)
+    results: dict[str, KernelResult] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], PairResult] = field(default_factory=dict)
+    interrupted: bool = False
+    budget_exhausted: bool = False
+    elapsed_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.device = fingerprint(self.cfg.numerics, self.batch)
+        self._kernels: dict[str, Kernel] = {}
+        self._group_keys: set[tuple[tuple[str, ...], bool]] = set()
+        self._bench_errors: dict[int, str] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def key(self, k: Kernel) -> str:
+        return kernel_key(k.signature, k.in_shapes, self.cfg.numerics, self.device,
+                          backend=self.backend, cold=self.cfg.cold)
+
+    def add_group(self, kernels: list[Kernel], *, paired: bool, label: str = "") -> list[str]:
+        """Register kernels to time together; returns their keys (in order)."""
+        keys = [self.key(k) for k in kernels]
+        for k, key in zip(kernels, keys, strict=True):
+            self._kernels.setdefault(key, k)
+            self.results.setdefault(key, KernelResult())
+        if paired and keys:
+            for vk in keys[1:]:
+                if vk == keys[0]:
+                    self.pairs[(keys[0], vk)] = PairResult(SAME, PairedRatio(1.0, 1.0, 1.0, 0))
+                else:
+                    self.pairs.setdefault((keys[0], vk), PairResult())
+        gk = (tuple(keys), paired)
+        if gk not in self._group_keys:
+            self._group_keys.add(gk)
+            # unique kernels only, baseline first
+            ukeys, ukern = [], []
+            for k, key in zip(kernels, keys, strict=True):
+                if key not in ukeys:
+                    ukeys.append(key)
+                    ukern.append(k)
+            self.groups.append(Group(ukern, ukeys, paired and len(ukeys) > 1, label))
+        return keys
+
+    def kernel(self, key: str) -> KernelResult:
+        return self.results[key]
+
+    def pair(self, base_key: str, var_key: str) -> PairResult:
+        return self.pairs.get((base_key, var_key), PairResult())
+
+    # -- the run ------------------------------------------------------------------------------
+    def _lookup_cache(self) -> None:
+        if self.fresh:
+            return
+        for key, r in self.results.items():
+            if r.status == PENDING:
+                row = self.table.get_kernel(key)
+                if row is not None and row.get("median_ms") is not None:
+                    r.status, r.cached_at = CACHED, row.get("measured_at")
+                    r.measurement = Measurement(
+                        median_ms=row["median_ms"], iqr_ms=_sub(row["q3_ms"], row["q1_ms"]),
+                        q1_ms=row["q1_ms"], q3_ms=row["q3_ms"], min_ms=row["min_ms"],
+                        max_ms=row["max_ms"], n=row["n"] or 0,
+                        calls_per_sample=row["calls_per_sample"] or 1,
+                        converged=bool(row["converged"]), graph_median_ms=row["graph_median_ms"])
+        for (b, v), p in self.pairs.items():
+            if p.status == PENDING:
+                row = self.table.get_pair(b, v)
+                if row is not None and row.get("ratio") is not None:
+                    p.status, p.cached_at = CACHED, row.get("measured_at")
+                    p.ratio = PairedRatio(row["ratio"], row["lo"], row["hi"], row["rounds"] or 0)
+
+    def _todo(self, g: Group) -> list[int]:
+        """Indices of the group's kernels that must be sampled (baseline included when a pair
+        is missing)."""
+        need = [i for i, k in enumerate(g.keys) if self.results[k].status == PENDING]
+        if g.paired:
+            missing = [i for i, k in enumerate(g.keys[1:], 1)
+                       if self.pairs[(g.keys[0], k)].status == PENDING]
+            need = sorted(set(need) | set(missing) | ({0} if missing else set()))
+        return need
+
+    def pending_count(self) -> int:
+        return sum(len(self._todo(g)) for g in self.groups)
+
+    def run(self) -> None:
+        """Measure everything still pending, within the budget; never raises KeyboardInterrupt."""
+        self._lookup_cache()
+        todo = [g for g in self.groups if self._todo(g)]
+        total = sum(len(self._todo(g)) for g in todo)
+        self.progress.start(total, self.budget_s)
+        t0 = time.perf_counter()
+        deadline = t0 + self.budget_s if self.budget_s is not None else None
+        try:
+            with numerics(self.cfg.numerics), torch.inference_mode():
+                for gi, g in enumerate(todo):
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        self.budget_exhausted = True
+                        break
+                    self._measure(g, todo[gi + 1:], deadline)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        self.elapsed_s = time.perf_counter() - t0
+        status = INTERRUPTED if self.interrupted else BUDGET
+        for r in self.results.values():
+            if r.status == PENDING:
+                r.status = status
+        for p in self.pairs.values():
+            if p.status == PENDING:
+                p.status = status
+        if any(r.status == BUDGET for r in self.results.values()):
+            self.budget_exhausted = True
+
+    def _measure(self, g: Group, later: list[Group], deadline: float | None) -> None:
+        idx = self._todo(g)
+        sub = [g.kernels[i] for i in idx]
+        keys = [g.keys[i] for i in idx]
+        benches: list[Bench | None] = []
+        inputs = _shared_inputs(sub, self.cfg)
+        for k in sub:
+            benches.append(self._bench(k, inputs))
+        live = [(i, b) for i, b in enumerate(benches) if b is not None]
+        for i, b in enumerate(benches):
+            if b is None:
+                self._fail(keys[i], self._bench_errors.pop(id(sub[i]), "could not be prepared"))
+        paired = g.paired and 0 in idx and benches[0] is not None
+
+        def plan(bs: Sequence[Bench]) -> None:
+            if deadline is None:
+                return
+            self._set_caps(bs, later, deadline)
+
+        def done(j: int, m: Measurement) -> None:
+            i = live[j][0]
+            self.progress.advance(f"{g.label} {sub[i].label}"[:60])
+
+        res = measure_group([b for _, b in live], paired=paired, deadline=deadline,
+                            on_done=done, before_sampling=plan)
+        if res.stopped_by_deadline:
+            self.budget_exhausted = True
+        stamp = now_iso()
+        meas = {live[j][0]: m for j, m in enumerate(res.measurements)}
+        rounds = {live[j][0]: res.rounds[j] for j in range(len(live))}
+        for i, m in meas.items():
+            key = keys[i]
+            r = self.results[key]
+            if r.status != PENDING:
+                continue  # measured earlier (or cached): the first figure stands
+            if m.median_ms is None:
+                self._fail(key, m.error or "not measured")
+                continue
+            r.status, r.measurement, r.error = MEASURED, m, m.error
+            if m.n >= self.cfg.min_samples or m.converged:
+                self.table.put_kernel(self._row(sub[i], key, m, stamp))
+        if paired:
+            bkey = keys[0]
+            for i in meas:
+                if i == 0:
+                    continue
+                p = self.pairs[(bkey, keys[i])]
+                if p.status != PENDING:
+                    continue
+                pr = paired_ratio(rounds[0], rounds[i])
+                if pr is None:
+                    p.status = FAILED
+                    continue
+                p.status, p.ratio = MEASURED, pr
+                if pr.rounds >= self.cfg.min_samples:
+                    self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
+
+    def _bench(self, k: Kernel, inputs: dict[tuple[int, ...], torch.Tensor]) -> Bench | None:
+        from convcost.timing.harness import error_text
+
+        try:
+            m = prepare_module(k.module, self.cfg)
+            xs = [inputs[tuple(s)] for s in k.in_shapes]
+            return Bench(lambda m=m, xs=xs: m(*xs), self.cfg, k.expected)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            self._bench_errors[id(k)] = error_text(e)
+            return None
+
+    def _fail(self, key: str, error: str) -> None:
+        r = self.results[key]
+        if r.status == PENDING:
+            r.status, r.error = FAILED, error
+        for (b, v), p in self.pairs.items():
+            if key in (b, v) and p.status == PENDING:
+                p.status = FAILED
+
+    def _set_caps(self, benches: Sequence[Bench], later: list[Group], deadline: float) -> None:
+        """Water-fill the remaining budget: this group's benches (call times known) and the
+        later groups' (estimated from MACs), each weighted by its sample cost."""
+        cfg = self.cfg
+        rate = CUDA_MACS_PER_S if cfg.numerics.is_cuda else CPU_MACS_PER_S
+        items: list[tuple[float, float, float]] = []
+        reserve = 0.0
+        for b in benches:
+            items.append((b.sample_s, cfg.min_samples * b.sample_s, cfg.max_time_s))
+        for g in later:
+            for i in self._todo(g):
+                k = g.kernels[i]
+                call = CALL_OVERHEAD_S + (k.macs or 0) / rate
+                sample = max(call, 0.002 if not cfg.numerics.is_cuda else call)
+                items.append((sample, cfg.min_samples * sample, cfg.max_time_s))
+                reserve += (1 + cfg.warmup_calls) * call
+        remaining = max(0.0, deadline - time.perf_counter() - reserve)
+        lam = water_fill(remaining, items)
+        for b, (w, floor, cap) in zip(benches, items, strict=False):
+            b.cap_s = min(cap, max(floor, lam * w))
+
+    def _row(self, k: Kernel, key: str, m: Measurement, stamp: str) -> dict[str, Any]:
+        fp, n = self.device, self.cfg.numerics
+        return {"key": key, "label": k.label, "scope": k.scope, "signature": k.signature,
+                "in_shapes": [list(s) for s in k.in_shapes], "dtype": n.dtype,
+                "memory_format": n.memory_format, "backend": self.backend, "cold": self.cfg.cold,
+                "device": "cuda" if n.is_cuda else "cpu", "device_name": fp.get("name"),
+                "compute_capability": fp.get("compute_capability"), "driver": fp.get("driver"),
+                "torch": fp.get("torch"), "cuda": fp.get("cuda"), "cudnn": fp.get("cudnn"),
+                "onednn": fp.get("onednn"), "threads": fp.get("threads"), "macs": k.macs,
+                "median_ms": m.median_ms, "q1_ms": m.q1_ms, "q3_ms": m.q3_ms,
+                "min_ms": m.min_ms, "max_ms": m.max_ms, "n": m.n,
+                "calls_per_sample": m.calls_per_sample, "converged": m.converged,
+                "graph_median_ms": m.graph_median_ms, "measured_at": stamp,
+                "convcost": __version__}
+
+    # -- summary ------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results.values():
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def prepare_module(module: torch.nn.Module, cfg: TimingConfig) -> torch.nn.Module:
+    """``module`` on the timing device, dtype and memory format, in eval mode: the module itself
+    when it already is (no copy), else a converted copy (the caller's module is never changed)."""
+    import copy
+
+    n = cfg.numerics
+    dev = torch.device(n.device)
+    tensors = [*module.parameters(), *module.buffers()]
+    if not n.channels_last and all(t.device == dev and (not t.is_floating_point()
+                                                        or t.dtype == n.torch_dtype)
+                                   for t in tensors):
+        return _eval(module)
+    m = copy.deepcopy(module).to(device=n.device, dtype=n.torch_dtype)
+    if n.channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    return _eval(m)
+
+
+def _eval(m: torch.nn.Module) -> torch.nn.Module:
+    try:
+        return m.eval()
+    except NotImplementedError:  # torch.export's modules refuse eval(); they are in eval form
+        return m
+
+
+def make_input(shape: tuple[int, ...] | list[int], cfg: TimingConfig) -> torch.Tensor:
+    """A seeded random input on the timing device, dtype and memory format."""
+    n = cfg.numerics
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(shape), generator=g).to(device=n.device, dtype=n.torch_dtype)
+    if n.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _shared_inputs(kernels: Sequence[Kernel], cfg: TimingConfig) -> dict[tuple[int, ...], torch.Tensor]:
+    """One input tensor per distinct shape, shared by the group's kernels."""
+    out: dict[tuple[int, ...], torch.Tensor] = {}
+    for k in kernels:
+        for s in k.in_shapes:
+            if tuple(s) not in out:
+                out[tuple(s)] = make_input(s, cfg)
+    return out
+
