@@ -135,20 +135,24 @@ def test_compare_marks_the_identical_variant_and_dedups_layers(tmp_path):
 # --------------------------------------------------------------------------- the table
 
 
-def _compare(args=(), env_dir=None):
+def _compare(args=(), cap="0.05"):
     return CliRunner().invoke(cli, ["compare", "--in", "8", "--out", "8", "--size", "8",
-                                    "--batch", "1", "--groups", "2", "-f", "json", *FAST, *args])
+                                    "--batch", "1", "--groups", "2", "-f", "json",
+                                    "--max-time", cap, *args])
 
 
 def test_cache_round_trip_and_fresh(isolated_cache):
-    r1 = _compare()
+    r1 = _compare(cap="1")  # enough for every pair to reach the 5 rounds a stored ratio needs
     assert r1.exit_code == 0, r1.output
     d1 = json.loads(r1.stdout)
     assert d1["timing"]["engine"]["measured"] == 4 and d1["timing"]["engine"]["cached"] == 0
+    assert d1["timing"]["engine"]["pairs_measured"] == 3
+    assert all(v["timing"]["pair"]["rounds"] >= 5 for v in d1["variants"])
     assert (isolated_cache / "latency.sqlite").is_file()
-    r2 = _compare()
+    r2 = _compare(cap="1")
     d2 = json.loads(r2.stdout)
-    assert d2["timing"]["engine"] == {**d2["timing"]["engine"], "measured": 0, "cached": 4}
+    e2 = d2["timing"]["engine"]
+    assert (e2["measured"], e2["cached"], e2["pairs_measured"], e2["pairs_cached"]) == (0, 4, 0, 3)
     for a, b in zip(d1["variants"], d2["variants"], strict=True):
         assert a["latency_ms"] == b["latency_ms"] and a["ratio"] == b["ratio"]
         assert b["latency_source"] == "cached" and b["cached_at"]
@@ -156,7 +160,7 @@ def test_cache_round_trip_and_fresh(isolated_cache):
     t = CliRunner().invoke(cli, ["compare", "--in", "8", "--out", "8", "--size", "8", "--batch",
                                  "1", "--groups", "2", *FAST])
     assert f"cached {d2['variants'][0]['cached_at'][:10]}" in t.stdout
-    r3 = _compare(["--fresh"])
+    r3 = _compare(["--fresh"], cap="0.05")
     assert json.loads(r3.stdout)["timing"]["engine"]["measured"] == 4
 
 
@@ -385,3 +389,27 @@ def test_stored_only_with_enough_samples(isolated_cache):
     eng.run()
     assert eng.counts() == {"measured": 1}
     assert eng.table.count() == (0, 0)  # a 1-sample figure is reported, not kept
+
+
+def test_stop_rule_iqr_or_a_precise_median():
+    from convcost.timing.harness import median_rse, stable
+
+    cfg = TimingConfig(min_samples=10, min_rounds=5, rel_iqr=0.03, median_rse=0.01)
+    tight = [1.0, 1.01, 0.99, 1.0, 1.005, 0.995, 1.0, 1.0, 1.01, 0.99]
+    assert stable(tight, cfg, min_n=10) == "iqr"
+    noisy = [1.0 + 0.1 * ((i * 7) % 11 - 5) / 5 for i in range(400)]  # ~10% IQR, many rounds
+    assert stable(noisy, cfg, min_n=5) == "median" and median_rse(noisy) <= 0.01
+    assert stable(noisy[:20], cfg, min_n=5) is None  # same spread, too few rounds to pin it
+    assert stable(noisy[:4], cfg, min_n=5) is None
+
+
+def test_bench_reports_why_it_stopped():
+    b = Bench(lambda: torch.ones(1), TimingConfig(min_samples=5, min_rounds=5))
+    b.samples = [1.0, 1.2, 0.8, 1.1, 0.9] * 20
+    b.round_values = [1.0, 1.01, 0.99, 1.0, 1.0, 1.02, 0.98]
+    m = b.result()
+    assert m.converged and m.stop == "median" and m.rounds == 7 and m.median_rse < 0.01
+    b.round_values = b.round_values[:3]
+    b.spent = b.cap_s
+    m = b.result()
+    assert not m.converged and m.stop == "cap" and b.done

@@ -24,6 +24,7 @@ from convcost.report.common import (
     pct,
     roof_cells,
     shape_str,
+    source_cell,
     timing_lines,
     to_console_text,
 )
@@ -53,6 +54,9 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
     t.add_column("FLOPs", justify="right", footer=human(report.flops))
     t.add_column("%MACs", justify="right", footer="100.0%" if report.macs else "-")
     roof, peaks = add_timing_columns(t, report.layers, timed, fmt_ms(report.latency_ms))
+    cached = timed and any(source_cell(r.timing) for r in report.layers)
+    if cached:
+        t.add_column("source")
     rows = report.layers
     if depth is not None:
         rows = _collapse(report, depth)
@@ -64,6 +68,8 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
             cells += [fmt_ms(r.latency_ms), iqr_cell(r.timing)]
         if roof:
             cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+        if cached:
+            cells.append(source_cell(r.timing))
         t.add_row(*cells)
     out: list[RenderableType] = [t, operator_table(report)]
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))

@@ -69,6 +69,15 @@ def iqr_cell(timing: dict[str, Any] | None) -> str:
     return f"{100 * m['rel_iqr']:.1f}%{flag}"
 
 
+def source_cell(timing: dict[str, Any] | None) -> str:
+    """'cached 2026-11-23' for a figure reused from the latency table, else ''."""
+    t = timing or {}
+    if t.get("source") == "cached" and t.get("cached_at"):
+        return f"cached {t['cached_at'][:10]}"
+    return {"budget": "not measured (budget)", "interrupted": "not measured (interrupted)"}.get(
+        t.get("source", ""), "")
+
+
 def roof_cells(rl: dict[str, Any] | None, with_peaks: bool) -> list[str]:
     if not rl:
         return ["", ""] + (["", ""] if with_peaks else [])
@@ -92,7 +101,7 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     m = timing.get("model")
     if m and m.get("median_ms") is not None:
         line = (f"whole model: {fmt_ms(m['median_ms'])} median (IQR {fmt_ms(m['iqr_ms'])}, "
-                f"n={m['n']})")
+                f"n={m['n']}{', cached' if timing.get('model_source') == 'cached' else ''})")
         if timing.get("layers_sum_ms") is not None:
             line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
                      f"{fmt_ms(timing['layers_sum_ms'])}")

@@ -7,7 +7,8 @@ the first is the baseline and the others are its variants). The engine
   once, a variant identical to its baseline is not measured at all (``same``), and a kernel
   already measured in this run keeps its first figure;
 - reuses the persistent latency table (:mod:`convcost.timing.table`) unless ``fresh``, and
-  stores what it measured (measurements with at least ``min_samples`` samples only);
+  stores what it measured (with at least ``min_samples`` samples, or ``min_rounds`` rounds for
+  a ratio);
 - measures the rest group by group in interleaved rounds (:func:`measure_group`), paired ratios
   with bootstrap intervals for variants;
 - splits the whole-run ``budget_s`` over what is still to measure: after a group's warm-up each
@@ -281,7 +282,7 @@ class TimingEngine:
                     p.status = FAILED
                     continue
                 p.status, p.ratio = MEASURED, pr
-                if pr.rounds >= self.cfg.min_samples:
+                if pr.rounds >= self.cfg.min_rounds:
                     self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
 
     def _bench(self, k: Kernel, inputs: dict[tuple[int, ...], torch.Tensor]) -> Bench | None:

@@ -10,13 +10,15 @@ Protocol
   (N calls captured in one graph, replayed, divided by N), which hides launch overhead.
 - CPU: blocked ``perf_counter`` timing (a block is long enough that timer overhead is < 0.1%)
   with an explicit thread count; ``cold`` writes a buffer larger than the caches before each call.
-- Rounds: the callables of a group (a baseline and its variants) are sampled one after the other
-  in every round, in a rotating order, so drift affects them alike; the per-round samples are
-  kept aligned so that ratios can be taken per round (see :mod:`convcost.timing.stats`).
-- Adaptive stop: a callable stops when IQR/median < ``rel_iqr`` with at least ``min_samples``
-  samples (and, when paired, its per-round ratio to the baseline is as steady), or when its
-  sampling time reaches its cap; one that hit the cap unconverged is flagged
-  (``converged: False``). A whole-run deadline stops every callable.
+- Rounds: the callables of a group (a baseline and its variants) take turns in every round, in
+  a rotating order, so drift affects them alike. A turn is a short burst (about 20 ms) of
+  back-to-back samples; for short kernels one extra sample before it refills the caches and is
+  discarded (the kernel is measured warm, as when timed alone). The burst medians are kept
+  aligned by round so that ratios can be taken per round (see :mod:`convcost.timing.stats`).
+- Adaptive stop: a callable stops when, with at least ``min_samples`` samples, IQR/median is
+  under ``rel_iqr`` or its median is known to ``median_rse`` (relative standard error over the
+  rounds); a paired variant's per-round ratio must meet the same rule. Otherwise it stops at its
+  sampling-time cap, flagged ``converged: False``. A whole-run deadline stops every callable.
 
 Latencies are milliseconds per call.
 """
@@ -40,6 +42,9 @@ L2_FLUSH_BYTES = 256 * 1024 * 1024
 CPU_FLUSH_BYTES = 64 * 1024 * 1024
 CPU_BLOCK_S = 0.002  # >= 2 ms per CPU block: perf_counter overhead (~100 ns) stays < 0.01%
 CUDA_BATCH_S = 0.02  # rounds recorded back to back per synchronisation (about 20 ms of work)
+BURST_S = 0.02  # a callable's turn in a round: about 20 ms of back-to-back samples
+REFILL_BELOW_S = 0.005  # samples shorter than this get one discarded sample before each burst
+MAX_BURST = 25
 
 __all__ = ["Bench", "GroupResult", "Measurement", "OutputCheckError", "TimingConfig",
            "check_output", "measure_group", "measure_interleaved", "measure_one", "summarize"]
@@ -47,20 +52,33 @@ __all__ = ["Bench", "GroupResult", "Measurement", "OutputCheckError", "TimingCon
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """How to measure. ``max_time_s`` caps each callable's sampling time (warm-up excluded)."""
+    """How to measure. ``max_time_s`` caps each callable's sampling time (warm-up excluded).
+
+    Stop rule: at least ``min_samples`` samples, and either IQR/median <= ``rel_iqr`` or the
+    median known to ``median_rse`` (relative standard error, estimated over at least
+    ``min_rounds`` rounds); a paired variant's per-round ratio must meet the same rule.
+    """
 
     numerics: Numerics = field(default_factory=Numerics)
     cold: bool = False
     max_time_s: float = 1.0
     min_samples: int = 10
+    min_rounds: int = 5
     rel_iqr: float = 0.03
+    median_rse: float = 0.01
     warmup_calls: int = 3
     cuda_graph: bool = True
+    burst_s: float = BURST_S
 
 
 @dataclass
 class Measurement:
-    """Summary of one timed callable (milliseconds per call)."""
+    """Summary of one timed callable (milliseconds per call).
+
+    ``stop`` says why sampling ended: ``iqr`` (IQR/median under the target), ``median`` (the
+    median known to the target precision), ``cap`` (its time cap), ``deadline`` (the run's time
+    budget) or ``error``; ``converged`` is true for the first two.
+    """
 
     median_ms: float | None = None
     iqr_ms: float | None = None
@@ -74,6 +92,9 @@ class Measurement:
     sampling_s: float = 0.0
     graph_median_ms: float | None = None
     error: str | None = None
+    rounds: int = 0
+    median_rse: float | None = None
+    stop: str | None = None
 
     @property
     def rel_iqr(self) -> float | None:
@@ -85,6 +106,27 @@ class Measurement:
         d = asdict(self)
         d["rel_iqr"] = self.rel_iqr
         return d
+
+
+def median_rse(values: Sequence[float]) -> float | None:
+    """Relative standard error of the median of ``values``, from their IQR:
+    1.2533 * sigma / sqrt(n) with sigma = IQR / 1.349 (exact for normal data, robust to outliers)."""
+    r = rel_iqr(values)
+    return None if r is None else 0.929 * r / math.sqrt(len(values))
+
+
+def stable(values: Sequence[float], cfg: TimingConfig, *, min_n: int) -> str | None:
+    """Why ``values`` may stop ('iqr' or 'median'), or None to go on."""
+    if len(values) < min_n:
+        return None
+    r = rel_iqr(values)
+    if r is not None and r <= cfg.rel_iqr:
+        return "iqr"
+    if len(values) >= cfg.min_rounds:
+        se = median_rse(values)
+        if se is not None and se <= cfg.median_rse:
+            return "median"
+    return None
 
 
 class OutputCheckError(RuntimeError):
@@ -111,24 +153,33 @@ def error_text(e: BaseException) -> str:
 
 
 class Bench:
-    """State of one callable under measurement (use through :func:`measure_group`)."""
+    """State of one callable under measurement (use through :func:`measure_group`).
+
+    ``samples`` are the kept samples (ms per call); ``round_values`` the median of each burst,
+    one per round the callable took part in (the unit for the standard error and for pairing:
+    samples inside one burst are not independent).
+    """
 
     def __init__(self, fn: Callable[[], Any], cfg: TimingConfig,
                  expected_shape: tuple[int, ...] | None = None) -> None:
         self.fn, self.cfg, self.expected_shape = fn, cfg, expected_shape
         self.samples: list[float] = []
+        self.round_values: list[float] = []
         self.inner = 1
+        self.burst = 1
+        self.refill = False
         self.spent = 0.0
         self.cap_s = cfg.max_time_s
         self.error: str | None = None
         self.graph_ms: float | None = None
         self.call_s = 0.0  # fastest warm-up call, seconds
+        self.stop: str | None = None
         self.cuda = cfg.numerics.is_cuda
         self._flush: torch.Tensor | None = None
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Output check (also the autotune call), timed warm-up; choose the CPU block size."""
+        """Output check (also the autotune call), timed warm-up; choose block and burst sizes."""
         out = self.fn()  # first call: cuDNN autotune (cudnn.benchmark) happens here
         if self.cuda:
             torch.cuda.synchronize()
@@ -139,9 +190,9 @@ class Bench:
         for _ in range(max(1, self.cfg.warmup_calls)):
             t0 = pc()
             self.fn()
+            if self.cuda:
+                torch.cuda.synchronize()
             one = min(one, pc() - t0)
-        if self.cuda:
-            torch.cuda.synchronize()
         if self.cfg.cold:
             n = (L2_FLUSH_BYTES if self.cuda else CPU_FLUSH_BYTES) // 4
             self._flush = torch.empty(n, dtype=torch.int32,
@@ -149,6 +200,9 @@ class Bench:
         self.call_s = one
         if not self.cuda and not self.cfg.cold:
             self.inner = max(1, min(10_000, math.ceil(CPU_BLOCK_S / max(one, 1e-7))))
+        self.burst = max(1, min(MAX_BURST, round(self.cfg.burst_s / self.sample_s)))
+        # a short kernel's first sample after another kernel ran sees cold caches: discard it
+        self.refill = not self.cfg.cold and self.sample_s < REFILL_BELOW_S
 
     @property
     def sample_s(self) -> float:
@@ -168,15 +222,34 @@ class Bench:
         self.spent += ms * inner / 1e3
         return ms
 
-    def cuda_record(self) -> tuple[Any, Any]:
-        """Enqueue one call between two CUDA events (read after the batch's sync)."""
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if self._flush is not None:
-            self._flush.zero_()
-        s.record()
-        self.fn()
-        e.record()
-        return s, e
+    def cpu_burst(self) -> float:
+        """This callable's turn in a round: (a refill sample, discarded, then) ``burst``
+        samples kept; returns their median."""
+        if self.refill:
+            self.cpu_sample()
+        got = [self.cpu_sample() for _ in range(self.burst)]
+        self.samples += got
+        return statistics.median(got)
+
+    def cuda_burst(self) -> list[tuple[Any, Any]]:
+        """Enqueue the turn's calls between CUDA events (read after the batch's sync); the first
+        pair is the refill when ``refill`` is set."""
+        out = []
+        for _ in range(self.burst + (1 if self.refill else 0)):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if self._flush is not None:
+                self._flush.zero_()
+            s.record()
+            self.fn()
+            e.record()
+            out.append((s, e))
+        return out
+
+    def cuda_collect(self, pairs: list[tuple[Any, Any]]) -> float:
+        ms = [s.elapsed_time(e) for s, e in pairs]
+        got = ms[1:] if self.refill and len(ms) > 1 else ms
+        self.samples += got
+        return statistics.median(got)
 
     def graph_figure(self) -> None:
         """CUDA-graph replay time per call (for short kernels); failures leave it None."""
@@ -202,12 +275,18 @@ class Bench:
             self.graph_ms = None
 
     # -- state ------------------------------------------------------------------------------
+    def stop_reason(self) -> str | None:
+        """'iqr' or 'median' when the samples meet the stop rule, else None."""
+        if len(self.samples) < self.cfg.min_samples:
+            return None
+        r = rel_iqr(self.samples)
+        if r is not None and r <= self.cfg.rel_iqr:
+            return "iqr"
+        return stable(self.round_values, self.cfg, min_n=self.cfg.min_rounds) and "median"
+
     @property
     def converged(self) -> bool:
-        if len(self.samples) < self.cfg.min_samples:
-            return False
-        r = rel_iqr(self.samples)
-        return r is not None and r <= self.cfg.rel_iqr
+        return self.stop_reason() is not None
 
     @property
     def done(self) -> bool:
@@ -215,18 +294,23 @@ class Bench:
 
     def result(self) -> Measurement:
         if not self.samples:
-            return Measurement(error=self.error or "not measured")
+            return Measurement(error=self.error or "not measured", stop="error")
         med, q1, q3, lo, hi = summarize(self.samples)
+        why = self.stop_reason()
+        stop = self.stop or why or ("error" if self.error else "cap")
         return Measurement(median_ms=med, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, min_ms=lo,
                            max_ms=hi, n=len(self.samples), calls_per_sample=self.inner,
-                           converged=self.converged, sampling_s=self.spent,
-                           graph_median_ms=self.graph_ms, error=self.error)
+                           converged=why is not None, sampling_s=self.spent,
+                           graph_median_ms=self.graph_ms, error=self.error,
+                           rounds=len(self.round_values),
+                           median_rse=median_rse(self.round_values), stop=stop)
 
 
 @dataclass
 class GroupResult:
     """What a group measurement produced: one Measurement per callable, and the aligned
-    per-round samples (``rounds[i][r]`` is callable i's sample in round r, None if not taken)."""
+    per-round values (``rounds[i][r]`` is callable i's burst median in round r, None if it
+    did not take part)."""
 
     measurements: list[Measurement]
     rounds: list[list[float | None]]
@@ -236,25 +320,28 @@ class GroupResult:
 def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: float | None = None,
                   on_done: Callable[[int, Measurement], None] | None = None,
                   before_sampling: Callable[[Sequence[Bench]], None] | None = None) -> GroupResult:
-    """Measure callables in rounds until each converges, hits its cap, or ``deadline`` passes.
+    """Measure callables in rounds until each meets the stop rule, hits its cap, or ``deadline``
+    passes.
 
-    With ``paired``, bench 0 is the baseline: it is sampled in every round in which any other
-    bench is still sampling, and a variant also waits for its per-round ratio to the baseline to
-    be steady. A callable that raises (unsupported, out of memory, bad output) gets a
+    With ``paired``, bench 0 is the baseline: it takes part in every round in which any other
+    bench does, and a variant also waits for its per-round ratio to the baseline to meet the
+    stop rule. A callable that raises (unsupported, out of memory, bad output) gets a
     Measurement with ``error`` set; the others go on. ``on_done(i, m)`` is called as each
     finishes. KeyboardInterrupt propagates (callers keep what finished). ``deadline`` is a
     ``time.perf_counter()`` value. ``before_sampling(benches)`` runs after warm-up (call times
-    known: :attr:`Bench.call_s`), to set each bench's ``cap_s``.
+    known: :attr:`Bench.sample_s`), to set each bench's ``cap_s``.
     """
     n = len(benches)
     rounds: list[list[float | None]] = [[] for _ in range(n)]
     results: list[Measurement | None] = [None] * n
     pc = time.perf_counter
 
-    def finish(i: int) -> None:
+    def finish(i: int, stop: str | None = None) -> None:
         b = benches[i]
         if b.error is None and b.samples and statistics.median(b.samples) < GRAPH_THRESHOLD_MS:
             b.graph_figure()
+        if stop and not b.converged:
+            b.stop = stop
         results[i] = b.result()
         if on_done:
             on_done(i, results[i])
@@ -281,8 +368,8 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
             return False
         if base is None or i == 0:
             return True
-        r = rel_iqr(round_ratios(rounds[0], rounds[i]))
-        return len(rounds[i]) >= b.cfg.min_samples and r is not None and r <= b.cfg.rel_iqr
+        ratios = round_ratios(rounds[0], rounds[i])
+        return stable(ratios, b.cfg, min_n=b.cfg.min_rounds) is not None
 
     stopped = False
     r_index = 0
@@ -300,18 +387,23 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
         if deadline is not None and pc() >= deadline:
             stopped = True
             for i in active:
-                finish(i)
+                finish(i, "deadline")
             break
         batch = _cuda_batch(benches, active) if cuda else 1
         t0 = pc()
+        pending: list[tuple[int, int, list[tuple[Any, Any]]]] = []
         for _ in range(batch):
             k = r_index % len(active)
-            taken = _one_round(benches, active[k:] + active[:k], rounds, cuda)
+            taken = _one_round(benches, active[k:] + active[:k], rounds, pending)
             r_index += 1
             if not taken:
                 break
-        if cuda:  # wall time of the batch, shared out: the cap bounds what the user waits
-            _collect_cuda(benches, rounds)
+        if cuda:  # one synchronisation for the batch; the wall time is shared out
+            torch.cuda.synchronize()
+            for i, r, pairs in pending:
+                v = benches[i].cuda_collect(pairs)
+                rounds[i][r] = v
+                benches[i].round_values.append(v)
             share = (pc() - t0) / len(active)
             for i in active:
                 benches[i].spent += share
@@ -320,8 +412,8 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
 
 
 def _one_round(benches: Sequence[Bench], order: list[int], rounds: list[list[float | None]],
-               cuda: bool) -> bool:
-    """Sample each bench in ``order`` once; benches not in the round get None (kept aligned)."""
+               pending: list[tuple[int, int, list[tuple[Any, Any]]]]) -> bool:
+    """Give each bench in ``order`` its burst; the others get None (rounds stay aligned)."""
     in_round = set(order)
     for i, row in enumerate(rounds):
         if i not in in_round:
@@ -333,12 +425,13 @@ def _one_round(benches: Sequence[Bench], order: list[int], rounds: list[list[flo
             rounds[i].append(None)
             continue
         try:
-            if cuda:
-                rounds[i].append(b.cuda_record())  # type: ignore[arg-type]  # events until collected
+            if b.cuda:
+                rounds[i].append(None)  # filled after the batch's sync
+                pending.append((i, len(rounds[i]) - 1, b.cuda_burst()))
             else:
-                s = b.cpu_sample()
-                b.samples.append(s)
-                rounds[i].append(s)
+                v = b.cpu_burst()
+                b.round_values.append(v)
+                rounds[i].append(v)
             any_taken = True
         except KeyboardInterrupt:
             raise
@@ -348,26 +441,12 @@ def _one_round(benches: Sequence[Bench], order: list[int], rounds: list[list[flo
     return any_taken
 
 
-def _collect_cuda(benches: Sequence[Bench], rounds: list[list[Any]]) -> None:
-    """One synchronisation for the batch; turn recorded event pairs into samples."""
-    torch.cuda.synchronize()
-    for i, row in enumerate(rounds):
-        b = benches[i]
-        for r, v in enumerate(row):
-            if isinstance(v, tuple):
-                ms = v[0].elapsed_time(v[1])
-                row[r] = ms
-                b.samples.append(ms)
-
-
 def _cuda_batch(benches: Sequence[Bench], active: list[int]) -> int:
     """Rounds per synchronisation: about ``CUDA_BATCH_S`` of work, at least one."""
     per = 0.0
     for i in active:
-        s = benches[i].samples
-        if not s:
-            return 3
-        per += statistics.median(s[-5:]) / 1e3
+        b = benches[i]
+        per += b.sample_s * (b.burst + (1 if b.refill else 0))
     return int(max(1, min(100, CUDA_BATCH_S / max(per, 1e-7))))
 
 

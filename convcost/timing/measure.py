@@ -84,6 +84,8 @@ def _finish_run(run: TimingRun, engine: TimingEngine) -> None:
         "unique_kernels": len(engine.results), "groups": len(engine.groups),
         "measured": c.get(MEASURED, 0), "cached": c.get(CACHED, 0), "failed": c.get(FAILED, 0),
         "not_measured_budget": c.get(BUDGET, 0), "interrupted": c.get(INTERRUPTED, 0),
+        "pairs_measured": sum(p.status == MEASURED for p in engine.pairs.values()),
+        "pairs_cached": sum(p.status == CACHED for p in engine.pairs.values()),
         "time_budget_s": engine.budget_s, "timing_s": round(engine.elapsed_s, 3),
         "budget_exhausted": engine.budget_exhausted, "fresh": engine.fresh,
         "latency_table": str(engine.table.path) if engine.table.con is not None else None,
