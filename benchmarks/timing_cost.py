@@ -23,6 +23,7 @@ the paired estimate at least 2x steadier than separate medians (under drift).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -41,6 +42,22 @@ from benchmarks._report import environment, write_section  # noqa: E402
 
 BEFORE_COMMIT = "3ddd4b6"  # the last commit with the per-measurement protocol
 SOURCE = "examples/models.py:ResNet50"
+DRIFT_PERIOD_S = 3.0  # the load generator: busy 3 s, idle 3 s, on every core (slow drift)
+
+
+READING = """
+**Reading these figures.** The before/after speed goal (8x) was set against the 743 s that the
+issue measured for the old protocol on the earlier development host at a noisy time: there,
+nearly every one of its ~330 measurements ran to its 1 s cap. On this host the old protocol's
+measurements mostly converge, so it takes 30-65 s, and a load generator does not reproduce the
+743 s; the speed-up measured here is 1-2x cold and 7-15x warm, and the 8x goal could not be
+verified. What the engine guarantees is the bound: a cold run's timing never exceeds
+`--time-budget` (40 s), whatever the noise, where the old protocol's cost grew with it (up to
+1 s x every measurement). Pairing: within one interleaved group measurement, rounds already
+expose baseline and variant to the same conditions, so the separate medians of the same samples
+are nearly as steady as the paired ratio (1.7x); the paired estimate is 3x steadier than
+measuring the callables one after the other, which is what the old protocol's separate medians
+amounted to under slow drift."""
 
 
 def run_cmd(args: list[str], *, cache: Path, pythonpath: str) -> tuple[float, dict]:
@@ -91,7 +108,26 @@ def _burner(stop: mp.Event, period_s: float) -> None:  # type: ignore[valid-type
         time.sleep(period_s)
 
 
-def steadiness(repeats: int, drift: bool) -> list[dict]:
+class DriftingLoad:
+    """Context manager: the load generator on every core (the machine's speed drifts)."""
+
+    def __enter__(self) -> DriftingLoad:
+        self.stop = mp.Event()
+        self.procs = [mp.Process(target=_burner, args=(self.stop, DRIFT_PERIOD_S), daemon=True)
+                      for _ in range(os.cpu_count() or 2)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(timeout=5)
+
+
+def steadiness(repeats: int, drift: bool) -> dict[str, dict[str, list[float]]]:
+    """Estimates of each variant's ratio, paired and separate, over ``repeats`` group
+    measurements (same data for both estimators)."""
     import torch
 
     from convcost.timing.engine import make_input, prepare_module
@@ -101,36 +137,38 @@ def steadiness(repeats: int, drift: bool) -> list[dict]:
 
     layer = ConvLayer(64, 64, (3, 3), (1, 1), (1, 1), in_hw=(56, 56), batch=8)
     variants = [Variant("grouped", 4), Variant("depthwise"), Variant("separable")]
-    cfg = TimingConfig(max_time_s=0.6, min_samples=10)
+    cfg = TimingConfig(max_time_s=0.6)
     x = make_input(layer.input_shape, cfg)
     mods = [prepare_module(build(layer, Variant("dense", 1)), cfg)] + [
         prepare_module(build(layer, v), cfg) for v in variants]
-    stop = mp.Event()
-    procs = [mp.Process(target=_burner, args=(stop, 0.15), daemon=True)
-             for _ in range(os.cpu_count() or 2)] if drift else []
-    for p in procs:
-        p.start()
-    est: dict[str, dict[str, list[float]]] = {v.label: {"paired": [], "separate": []}
-                                              for v in variants}
-    try:
-        with torch.inference_mode():
-            for _ in range(repeats):
-                benches = [Bench(lambda m=m: m(x), cfg) for m in mods]
-                res = measure_group(benches, paired=True)
-                for i, v in enumerate(variants, 1):
-                    est[v.label]["paired"].append(paired_ratio(res.rounds[0], res.rounds[i]).ratio)
-                    est[v.label]["separate"].append(ratio_of_medians(res.rounds[0], res.rounds[i]))
-    finally:
-        stop.set()
-        for p in procs:
-            p.join(timeout=5)
-    rows = []
-    for label, d in est.items():
-        sp = {k: (max(v) - min(v)) / statistics.median(v) for k, v in d.items()}
-        rows.append({"variant": label, "paired_median": statistics.median(d["paired"]),
-                     "separate_median": statistics.median(d["separate"]),
-                     "paired_spread": sp["paired"], "separate_spread": sp["separate"]})
-    return rows
+    est: dict[str, dict[str, list[float]]] = {
+        v.label: {"paired": [], "separate": [], "sequential": []} for v in variants}
+    load = DriftingLoad() if drift else contextlib.nullcontext()
+    with load, torch.inference_mode():
+        for _ in range(repeats):
+            benches = [Bench(lambda m=m: m(x), cfg) for m in mods]
+            res = measure_group(benches, paired=True)
+            for i, v in enumerate(variants, 1):
+                est[v.label]["paired"].append(paired_ratio(res.rounds[0], res.rounds[i]).ratio)
+                est[v.label]["separate"].append(
+                    ratio_of_medians(benches[0].samples, benches[i].samples))
+            # the same callables measured one after the other (separate measurements)
+            alone = [measure_group([Bench(lambda m=m: m(x), cfg)]).measurements[0].median_ms
+                     for m in mods]
+            for i, v in enumerate(variants, 1):
+                est[v.label]["sequential"].append(alone[i] / alone[0])
+    return est
+
+
+def rmad(v: list[float]) -> float:
+    """Relative median absolute deviation of the repeats' estimates (robust spread)."""
+    m = statistics.median(v)
+    return statistics.median(abs(x - m) for x in v) / m
+
+
+def error_to(ref: float, v: list[float]) -> float:
+    """Median relative error of the estimates to a reference ratio."""
+    return statistics.median(abs(x - ref) / ref for x in v)
 
 
 # --------------------------------------------------------------------------- main
@@ -140,6 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-before", action="store_true",
                     help="Skip the (about 12 minute) run of the old protocol.")
+    ap.add_argument("--skip-load", action="store_true",
+                    help="Skip the before/after runs under the drifting load.")
     ap.add_argument("--repeats", type=int, default=8)
     a = ap.parse_args()
     here = str(ROOT)
@@ -161,6 +201,16 @@ def main() -> None:
         print(f"warm: {results['warm']:.1f} s", flush=True)
         results["cold2"], doc2 = run_cmd(["compare", SOURCE], cache=tmp_p / "c2", pythonpath=here)
         print(f"cold again: {results['cold2']:.1f} s", flush=True)
+        if not a.skip_before and not a.skip_load:  # a noisy machine: both under the load
+            for name in ("c3", "c4"):
+                (tmp_p / name).mkdir()
+            with DriftingLoad():
+                results["before_load"] = run_cmd(["compare", SOURCE], cache=tmp_p / "c3",
+                                                 pythonpath=str(before))[0]
+                print(f"before, under load: {results['before_load']:.1f} s", flush=True)
+                results["cold_load"], _ = run_cmd(["compare", SOURCE], cache=tmp_p / "c4",
+                                                     pythonpath=here)
+                print(f"cold, under load: {results['cold_load']:.1f} s", flush=True)
     eng = doc1["timing"]["engine"]
     lines.append(f"- command: `convcost compare {SOURCE} -f json` (timed, default options: "
                  f"variants grouped g=2,4,8, depthwise, separable; --time-budget "
@@ -172,10 +222,13 @@ def main() -> None:
     b = results.get("before")
     names = {"before": f"before (per-measurement protocol, commit {BEFORE_COMMIT})",
              "cold": "after, cold latency table", "warm": "after, warm latency table",
-             "cold2": "after, cold again (second table)"}
-    for k in ("before", "cold", "warm", "cold2"):
+             "cold2": "after, cold again (second table)",
+             "before_load": "before, under the drifting load (a noisy machine)",
+             "cold_load": "after, cold, under the drifting load"}
+    for k in ("before", "cold", "warm", "cold2", "before_load", "cold_load"):
         if k in results:
-            ratio = f"{b / results[k]:.1f}x faster" if b and k != "before" else ""
+            ref = results.get("before_load") if k.endswith("_load") else b
+            ratio = f"{ref / results[k]:.1f}x faster" if ref and not k.startswith("before") else ""
             lines.append(f"| {names[k]} | {results[k]:.1f} | {ratio} |")
     r1, r2 = layer_ratios(doc1), layer_ratios(doc2)
     both = [k for k in r1 if k in r2 and supported(*r1[k]) and supported(*r2[k])]
@@ -191,34 +244,51 @@ def main() -> None:
                  + ".\n")
     goals = []
     if b:
-        goals.append(f"cold {b / results['cold']:.1f}x faster than before (goal >= 8x): "
-                     f"{'met' if b / results['cold'] >= 8 else 'NOT met'}")
+        goals.append(f"cold {b / results['cold']:.1f}x faster than before on the quiet machine, "
+                     f"{results.get('before_load', float('nan')) / results.get('cold_load', 1):.1f}x "
+                     "under load (goal >= 8x, set against the 743 s the issue measured on a noisy "
+                     "machine): " + ("met under load" if results.get('before_load', 0) >= 8 *
+                                     results.get('cold_load', float('inf')) else "NOT met"))
     goals.append(f"warm rerun {results['warm']:.1f} s (goal < 10 s): "
                  f"{'met' if results['warm'] < 10 else 'NOT met'}")
     goals.append(f"two cold runs agree within {100 * agree:.1f}% (goal 15%): "
                  f"{'met' if agree <= 0.15 else 'NOT met'}")
-    for drift in (False, True):
-        rows = steadiness(a.repeats, drift)
-        what = ("with a load switching on and off every 0.15 s on every core (speed drifts)"
-                if drift else "on the machine as it is")
-        lines.append(f"\nPaired vs separate medians, {what}: the built-in layer at batch 8, "
-                     f"{a.repeats} repeated group measurements (cap 0.6 s each); spread = "
-                     "(max - min) / median of the repeats' estimates.\n")
-        lines.append("| variant | paired ratio | separate ratio | paired spread | separate spread "
-                     "| steadier by |\n|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            gain = r["separate_spread"] / r["paired_spread"] if r["paired_spread"] else float("inf")
-            lines.append(f"| {r['variant']} | x{r['paired_median']:.3f} | x{r['separate_median']:.3f} "
-                         f"| {100 * r['paired_spread']:.1f}% | {100 * r['separate_spread']:.1f}% "
-                         f"| {gain:.1f}x |")
-        gains = [r["separate_spread"] / r["paired_spread"] for r in rows if r["paired_spread"]]
-        g = statistics.median(gains) if gains else float("nan")
-        if drift:
-            goals.append(f"paired {g:.1f}x steadier than separate medians under drift (goal >= "
-                         f"2x): {'met' if g >= 2 else 'NOT met'}")
-        else:
-            lines.append(f"\nMedian gain on the machine as it is: {g:.1f}x.")
+    quiet = steadiness(a.repeats, drift=False)
+    drifting = steadiness(a.repeats, drift=True)
+    lines.append(f"\nPaired vs separate: the built-in layer's variants at batch 8 (64->64 3x3 on "
+                 f"56x56), {a.repeats} repeats, once on the machine as it is and once with a load "
+                 f"generator switching a busy process on every core on and off every "
+                 f"{DRIFT_PERIOD_S:g} s (slow drift, like a VM's neighbours). Three estimates of "
+                 "each ratio per repeat: *paired* = median of per-round ratios of one interleaved "
+                 "group measurement (what convcost reports); *separate* = median of the variant's "
+                 "samples / median of the baseline's, from the same samples; *sequential* = the "
+                 "same callables measured one after the other, alone. Spread = relative median "
+                 "absolute deviation over the repeats; error = median relative error to the quiet "
+                 "machine's paired median.\n")
+    est = ("paired", "separate", "sequential")
+    lines.append("| variant | | " + " | ".join(est) + " |\n|---|---|" + "---:|" * len(est))
+    gains, gains_seq = [], []
+    for label in quiet:
+        ref = statistics.median(quiet[label]["paired"])
+        q, d = quiet[label], drifting[label]
+        lines.append(f"| {label} | quiet: median ratio | "
+                     + " | ".join(f"x{statistics.median(q[e]):.3f}" for e in est) + " |")
+        lines.append("| | quiet: spread | " + " | ".join(f"{100 * rmad(q[e]):.1f}%" for e in est)
+                     + " |")
+        lines.append("| | drift: spread | " + " | ".join(f"{100 * rmad(d[e]):.1f}%" for e in est)
+                     + " |")
+        lines.append("| | drift: error | "
+                     + " | ".join(f"{100 * error_to(ref, d[e]):.1f}%" for e in est) + " |")
+        sp = rmad(d["paired"])
+        gains.append(rmad(d["separate"]) / sp if sp else float("inf"))
+        gains_seq.append(rmad(d["sequential"]) / sp if sp else float("inf"))
+    g, gs = statistics.median(gains), statistics.median(gains_seq)
+    goals.append(f"under drift the paired estimate is {g:.1f}x steadier than separate medians of "
+                 f"the same samples and {gs:.1f}x steadier than sequential separate measurements "
+                 f"(goal >= 2x): {'met' if g >= 2 else 'NOT met'} on the same data, "
+                 f"{'met' if gs >= 2 else 'NOT met'} against separate measurements")
     lines.append("\nGoals: " + "; ".join(goals) + ".")
+    lines.append(READING)
     text = "\n".join(lines)
     print(text)
     write_section("timing-cost", text)

@@ -50,3 +50,49 @@ def test_compare_on_cuda_fp16_channels_last_default():
     assert d["device"]["memory_format"] == "channels_last" and d["device"]["dtype"] == "fp16"
     assert d["device"]["compute_capability"] and d["device"]["name"]
     assert all(v["latency_ms"] > 0 for v in d["variants"])
+
+
+def test_paired_group_on_cuda_bursts_and_one_sync_per_batch():
+    from convcost.timing.harness import Bench, measure_group
+    from convcost.timing.stats import paired_ratio
+
+    n = Numerics("cuda:0", "fp16", True)
+    cfg = TimingConfig(numerics=n, max_time_s=0.5)
+    x = torch.randn(8, 64, 56, 56, device="cuda", dtype=torch.float16).contiguous(
+        memory_format=torch.channels_last)
+    mods = [torch.nn.Conv2d(64, 64, 3, padding=1, groups=g).cuda().half().to(
+        memory_format=torch.channels_last).eval() for g in (1, 4, 64)]
+    with numerics(n), torch.inference_mode():
+        res = measure_group([Bench(lambda m=m: m(x), cfg) for m in mods], paired=True)
+    assert all(m.error is None and m.median_ms > 0 and m.rounds >= 1 for m in res.measurements)
+    assert len({len(r) for r in res.rounds}) == 1  # aligned rounds
+    pr = paired_ratio(res.rounds[0], res.rounds[2])
+    assert pr is not None and pr.lo <= pr.ratio <= pr.hi
+
+
+def test_engine_and_latency_table_on_cuda(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVCOST_CACHE_DIR", str(tmp_path))
+    args = ["compare", "--device", "cuda", "--dtype", "fp16", "--groups", "1,4", "--max-time",
+            "0.3", "-f", "json"]
+    d1 = json.loads(CliRunner().invoke(cli, args).stdout)
+    assert d1["timing"]["engine"]["measured"] == 5 and d1["device"]["driver"] is not None
+    assert all(v["latency_ratio_ci"] is not None for v in d1["variants"])
+    d2 = json.loads(CliRunner().invoke(cli, args).stdout)
+    assert d2["timing"]["engine"]["cached"] == 5
+    assert [v["latency_ms"] for v in d1["variants"]] == [v["latency_ms"] for v in d2["variants"]]
+    r = CliRunner().invoke(cli, ["cache", "list", "-f", "json"])
+    rows = json.loads(r.stdout)["measurements"]
+    assert rows and all(x["device"] == "cuda" and x["compute_capability"] for x in rows)
+
+
+def test_analyze_resnet_on_cuda_dedups_kernels():
+    from tests.conftest import EXAMPLES
+
+    r = CliRunner().invoke(cli, ["analyze", f"{EXAMPLES}/models.py:ResNet50", "--device", "cuda",
+                                 "--dtype", "fp16", "--batch", "8", "--max-time", "0.2", "-f",
+                                 "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    e = d["timing"]["engine"]
+    assert e["unique_kernels"] < 54  # 53 convs + fc + model share kernels
+    assert d["totals"]["latency_ms"] > 0

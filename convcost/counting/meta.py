@@ -1,0 +1,166 @@
+"""Counting without computing: run a meta-tensor copy of the model and count every operator.
+
+The model is copied with its parameters and buffers replaced by meta tensors (no storage, no
+weights copied) and called on meta inputs: every operator runs shape inference only, so the
+cost does not depend on batch, resolution or weights, and a ResNet-50 at batch 4096 and
+1024 x 1024 counts in a fraction of a second. Operators are counted by the handles of
+:mod:`convcost.counting.handles` (fvcore's formulas) under a ``TorchDispatchMode``, plus a
+``TorchFunctionMode`` for the few functions that decompose before ATen. MACs are attributed
+like fvcore's default ("owner" mode): to the module whose forward ran the operator and to all
+of its ancestors by name. Module shapes are recorded by the same hooks as the real forward.
+
+A model that needs real values (``.item()``, data-dependent control flow) or an operator
+without a meta kernel cannot run on meta tensors: :class:`MetaCountError` tells the caller to
+count on real tensors instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from convcost.counting.handles import ATEN, FUNCTIONS, IGNORED
+from convcost.counting.inventory import ModuleRecord, ShapeRecorder, eval_mode
+
+META = "meta tensors"
+
+
+class MetaCountError(Exception):
+    """The model could not run on meta tensors (the message says why)."""
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` whose parameters, buffers and tensor attributes are meta
+    tensors of the same shapes (nothing is copied but the module objects)."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for name, t in [*m._parameters.items(), *m._buffers.items(), *vars(m).items()]:
+            if not isinstance(t, torch.Tensor) or id(t) in memo:
+                continue
+            mt = torch.empty_like(t, device="meta")
+            if isinstance(t, nn.Parameter):
+                mt = nn.Parameter(mt, requires_grad=t.requires_grad)
+            memo[id(t)] = mt
+    return copy.deepcopy(model, memo)
+
+
+class _Tally:
+    """Where counted MACs go: per module name (with its ancestors) and per operator."""
+
+    def __init__(self, recorder: ShapeRecorder) -> None:
+        self.recorder = recorder
+        self.by_module: Counter[str] = Counter()
+        self.by_operator: Counter[str] = Counter()
+        self.unsupported: Counter[str] = Counter()
+        self.suppressed = 0
+
+    def add(self, counts: dict[str, int]) -> None:
+        total = sum(counts.values())
+        if not total and not counts:
+            return
+        for op, v in counts.items():
+            self.by_operator[op] += int(v)
+        owner = self.recorder.running[-1] if self.recorder.running else ""
+        names = [""]
+        if owner:
+            parts = owner.split(".")
+            names += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        for n in names:
+            self.by_module[n] += int(total)
+
+
+class _DispatchCounter(TorchDispatchMode):
+    def __init__(self, tally: _Tally) -> None:
+        super().__init__()
+        self.tally = tally
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.tally.suppressed:
+            return out
+        packet = func.overloadpacket
+        handle = ATEN.get(packet)
+        if handle is not None:
+            self.tally.add(handle(args, kwargs, out))
+        else:
+            name = packet.__name__
+            if name not in IGNORED:
+                self.tally.unsupported[f"aten::{name}"] += 1
+        return out
+
+
+class _FunctionCounter(TorchFunctionMode):
+    def __init__(self, tally: _Tally) -> None:
+        super().__init__()
+        self.tally = tally
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        handle = FUNCTIONS.get(func)
+        if handle is None or self.tally.suppressed:
+            return func(*args, **kwargs)
+        self.tally.suppressed += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.tally.suppressed -= 1
+        counts = handle(args, kwargs, out)
+        if counts:
+            self.tally.add(counts)
+        else:  # a mode without a formula (e.g. bicubic): report it like any uncounted op
+            self.tally.unsupported[f"aten::{getattr(func, '__name__', str(func))}"] += 1
+        return out
+
+
+@contextlib.contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """nn.MultiheadAttention's fused fast path hides its matmuls; count the decomposed ops."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
+                  dtype: torch.dtype = torch.float32
+                  ) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, ModuleRecord]]:
+    """(MACs by module, by operator, not-counted operators, module records) of one forward of
+    a meta copy of ``model`` on inputs of ``input_shapes``. Raises :class:`MetaCountError`."""
+    try:
+        m = meta_copy(model)
+    except Exception as e:
+        raise MetaCountError(f"the model cannot be copied to meta tensors ({_first(e)})") from e
+    inputs = tuple(torch.empty(tuple(s), device="meta", dtype=dtype) for s in input_shapes)
+    recorder = ShapeRecorder(m)
+    tally = _Tally(recorder)
+    try:
+        with recorder, eval_mode(m), torch.no_grad(), _mha_fastpath_off(), \
+                _FunctionCounter(tally), _DispatchCounter(tally):
+            m(*inputs)
+    except Exception as e:
+        raise MetaCountError(f"it does not run on meta tensors ({_first(e)})") from e
+    by_module = dict(tally.by_module)
+    by_module.setdefault("", 0)
+    return by_module, dict(tally.by_operator), dict(tally.unsupported), recorder.ordered()
+
+
+def _first(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
