@@ -42,7 +42,7 @@ def meta_copy(model: nn.Module) -> nn.Module:
     tensors of the same shapes (nothing is copied but the module objects)."""
     memo: dict[int, Any] = {}
     for m in model.modules():
-        for name, t in [*m._parameters.items(), *m._buffers.items(), *vars(m).items()]:
+        for t in [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]:
             if not isinstance(t, torch.Tensor) or id(t) in memo:
                 continue
             mt = torch.empty_like(t, device="meta")
