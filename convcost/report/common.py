@@ -117,9 +117,10 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     unc = timing.get("unconverged", [])
     if len(unc) > 3:
         out.append(Text(f"warning: {len(unc)} kernel measurements stopped at their time cap "
-                        f"before IQR/median reached {100 * timing.get('rel_iqr_target', 0):.0f}% "
-                        "(marked '!'): a noisy machine, or a budget too small for them; raise "
-                        "--time-budget / --max-time", style="yellow"))
+                        "before their median was known to 1% (or IQR/median was under "
+                        f"{100 * timing.get('rel_iqr_target', 0):.0f}%), marked '!': a noisy "
+                        "machine, or a budget too small for them; raise --time-budget / "
+                        "--max-time (latency ratios carry their own interval)", style="yellow"))
     else:
         for u in unc:
             out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
