@@ -413,7 +413,9 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     for check in budget.checks:
         shape = None if is_spec_path(check.model) else check.input
         loaded = load_source(check.model, input_shape=shape, memory_check=memory_check)
-        a = analyze_model(loaded.model, loaded.inputs, source=check.model, name=check.name)
+        a = analyze_model(loaded.model, loaded.input_shapes,
+                          make_inputs=lambda loaded=loaded: loaded.inputs,
+                          source=check.model, name=check.name)
         metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "flops": a.flops,
                                    "latency_ms": None, "model": check.model,
                                    "input_shapes": a.input_shapes}
@@ -431,7 +433,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                 n = Numerics(dev if dev != "cuda" else "cuda:0", lat.dtype,
                              channels_last=dev.startswith("cuda") and lat.dtype in ("fp16", "bf16"))
                 cfg = TimingConfig(numerics=n, max_time_s=max_time_s)
-                shapes = [tuple(x.shape) for x in loaded.inputs]
+                shapes = [tuple(s) for s in loaded.input_shapes]
                 if lat.batch:
                     shapes = [(lat.batch, *s[1:]) for s in shapes]
                 # a gate measures fresh: no latency table, no budget (the cap bounds it)

@@ -181,6 +181,14 @@ def _common(f: Callable) -> Callable:
     return f
 
 
+def count_on_option(f: Callable) -> Callable:
+    return click.option("--count-on", "count_on", type=click.Choice(["auto", "meta", "real"]),
+                        default="auto", show_default=True,
+                        help="Count on meta tensors (nothing computed: any batch or resolution), "
+                             "on real tensors (fvcore's JIT trace), or auto: meta for large "
+                             "inputs.")(f)
+
+
 def memory_option(f: Callable) -> Callable:
     return click.option("--ignore-memory-limit", "ignore_memory", is_flag=True,
                         help="Run even when the memory estimate exceeds what is available.")(f)
@@ -315,13 +323,15 @@ def cli() -> None:
 @click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the conv inventory as a spec of independent layers to FILE.")
 @timing_options
+@count_on_option
 @memory_option
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             input_shape: tuple[int, ...] | None, depth: int | None,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, count_on: str,
+            ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.counting.analysis import analyze_model
     from convcost.report.analyze import analysis_renderables, render_analysis
@@ -332,7 +342,10 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
     spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
     cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype) \
         if do_time else None
-    report = analyze_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
+    if cfg is not None:  # refuse a timed run that cannot fit before any work
+        loaded.guard_memory("timing")
+    report = analyze_model(loaded.model, loaded.input_shapes, count_on=count_on,
+                           make_inputs=lambda: loaded.inputs, source=source, name=loaded.name,
                            dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
     run = None
     if cfg is not None:
@@ -340,7 +353,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
         from convcost.timing.measure import time_analysis
 
         with progress_for("timing") as prog:
-            run = time_analysis(report, loaded.model, loaded.inputs,
+            run = time_analysis(report, loaded.model, loaded.input_shapes,
                                 _engine(cfg, time_budget, fresh, prog))
     if plot is not None:
         from convcost.report.plot import plot_analysis
@@ -395,6 +408,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of standard output.")
 @timing_options
+@count_on_option
 @memory_option
 @_common
 def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
@@ -403,7 +417,8 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, count_on: str,
+            ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -446,12 +461,16 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
         loaded = load_source(source, input_shape=input_shape, batch=batch,
                              memory_check=not ignore_memory)
         try:
-            report = compare_model(loaded.model, loaded.inputs, source=source, name=loaded.name,
+            if do_time:
+                loaded.guard_memory("timing")
+            report = compare_model(loaded.model, loaded.input_shapes, count_on=count_on,
+                                   make_inputs=lambda: loaded.inputs, source=source,
+                                   name=loaded.name,
                                    variant_names=variant_names, groups=groups, globs=globs,
                                    kernel_sizes=kernel_sizes or (), whole_model=not no_model)
         except Skip as e:
             raise InputError(f"{source}: {e}") from e
-        model, inputs = loaded.model, loaded.inputs
+        model, inputs = loaded.model, loaded.input_shapes
         spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
     run = None
     if do_time:

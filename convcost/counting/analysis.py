@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from convcost import __version__
-from convcost.counting.counters import FVCORE, Counts, count_flop_counter, count_fvcore
+from convcost.counting.counters import (
+    FVCORE,
+    META,
+    Counts,
+    count_flop_counter,
+    count_fvcore,
+    count_meta,
+    paper_macs,
+)
 from convcost.counting.inventory import (
     ForwardError,
     ModuleRecord,
@@ -22,9 +32,14 @@ from convcost.errors import ModelError
 SCHEMA_VERSION = 1
 
 CONVENTIONS = {
-    "macs": "MAC = one fused multiply-add, as fvcore counts a 'flop'",
+    "macs": "MAC = one fused multiply-add, as fvcore counts a 'flop'; totals.macs: every counted "
+            "operator (fvcore's convention: conv, linear, matmul, attention, batch/layer/group "
+            "norm, adaptive pooling, upsampling)",
+    "paper_macs": "totals.paper_macs: conv + linear + matmul/attention MACs only (the convention "
+                  "of papers and of torchvision's meta['_ops'], whose 'GFLOPS' are 1e9 MACs)",
     "flops": "FLOPs = 2 x MACs (what torch.utils.flop_counter reports)",
-    "params": "trainable parameters (numel summed); buffers such as BN running stats excluded",
+    "params": "trainable parameters (numel summed); buffers such as BN running stats excluded; "
+              "params_never_called: those of modules that never ran in the forward (included)",
     "bias": "a bias adds out_channels params and no MACs",
     "latency_ms": "median wall time per forward call in milliseconds (null when not timed)",
 }
@@ -67,6 +82,7 @@ class ModuleNode:
     params: int
     macs: int
     out_shape: list[int] | None
+    called: bool = True
 
 
 @dataclass
@@ -88,11 +104,21 @@ class AnalysisReport:
     latency_ms: float | None = None
     device: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
+    never_called: list[tuple[str, int]] = field(default_factory=list)  # (module, its params)
 
     @property
     def flops(self) -> int:
         return 2 * self.macs
 
+    @property
+    def paper_macs(self) -> int:
+        """Conv + linear + matmul/attention MACs (the papers' and torchvision's convention)."""
+        return paper_macs(self.by_operator)
+
+    @property
+    def params_never_called(self) -> int:
+        """Parameters of modules that never ran in the forward (e.g. auxiliary heads)."""
+        return sum(p for _, p in self.never_called)
 
 
 def _tolist(v: Any) -> list[int] | None:
@@ -162,16 +188,90 @@ def build_hierarchy(model: nn.Module, records: dict[str, ModuleRecord],
                               depth=0 if not name else name.count(".") + 1,
                               params=counts.params_by_module.get(name, 0),
                               macs=counts.by_module.get(name, 0),
-                              out_shape=rec.out_shape if rec else None))
+                              out_shape=rec.out_shape if rec else None,
+                              called=rec is not None or not name))
     return out
 
 
-def analyze_model(model: nn.Module, inputs: tuple[Any, ...], *, source: str, name: str,
-                  dtype: str = "fp32") -> AnalysisReport:
-    """Count a model: records shapes with hooks, counts with fvcore (flop_counter fallback)."""
-    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
+COUNT_ON = ("auto", "meta", "real")
+META_MIN_INPUT_ELEMENTS = 16 * 3 * 224 * 224  # about batch 16 at 224 x 224
+META_MIN_MODULES = 2000
+
+
+def choose_counting(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> str:
+    """``meta`` when a real forward would be expensive (a large input, or thousands of modules);
+    ``real`` otherwise: meta tensors cost a few seconds of one-time torch imports, more than a
+    small real forward."""
+    elements = sum(math.prod(s) for s in input_shapes)
+    if elements >= META_MIN_INPUT_ELEMENTS:
+        return META
+    if sum(1 for _ in model.modules()) >= META_MIN_MODULES:
+        return META
+    return "real"
+
+
+def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
+                  dtype: str = "fp32", count_on: str = "auto",
+                  make_inputs: Callable[[], tuple[Any, ...]] | None = None) -> AnalysisReport:
+    """Count a model: params, MACs per module and operator, shapes per module.
+
+    ``inputs`` are example tensors, or just their shapes. ``count_on``: ``meta`` runs a
+    meta-tensor copy (nothing computed, any batch or resolution), ``real`` runs fvcore's JIT
+    trace on real tensors (``torch.utils.flop_counter`` if fvcore fails), ``auto`` picks meta for
+    large inputs or huge models. A model that cannot run on meta tensors is counted on real
+    ones, with a note. Real inputs come from ``inputs`` if they are tensors, else from
+    ``make_inputs()`` (seeded random tensors of the shapes by default).
+    """
+    shapes = [tuple(int(d) for d in (x.shape if hasattr(x, "shape") else x)) for x in inputs]
     notes: list[str] = []
-    records: dict[str, ModuleRecord] | None = None
+    how = choose_counting(model, shapes) if count_on == "auto" else count_on
+    counts = records = None
+    if how == META:
+        from convcost.counting.meta import MetaCountError
+
+        try:
+            counts, records = count_meta(model, shapes)
+        except MetaCountError as e:
+            notes.append(f"counted on real tensors: {e}")
+    if counts is None:
+        tensors = tuple(inputs) if all(hasattr(x, "shape") for x in inputs) and inputs else (
+            make_inputs() if make_inputs is not None else random_inputs(shapes))
+        counts, records = _count_real(model, tensors, source, notes)
+    notes.extend(counts.notes)
+    rows = build_rows(model, records, counts)
+    mods = dict(model.named_modules())
+    never = [(n, counts.params_by_module.get(n, 0)) for n in _outermost(
+        [n for n in mods if n and n not in records and counts.params_by_module.get(n, 0)])]
+    return AnalysisReport(
+        source=source, name=name, input_shapes=[list(s) for s in shapes],
+        dtype=dtype, params=counts.params, macs=counts.macs,
+        by_operator=dict(sorted(counts.by_operator.items(), key=lambda kv: -kv[1])),
+        unsupported_ops=dict(sorted(counts.unsupported_ops.items())), layers=rows,
+        hierarchy=build_hierarchy(model, records, counts), counter=counts.counter, notes=notes,
+        never_called=never)
+
+
+def random_inputs(shapes: list[tuple[int, ...]]) -> tuple[Any, ...]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(s, generator=g) for s in shapes)
+
+
+def _outermost(names: list[str]) -> list[str]:
+    """Drop names inside another listed name (``aux1`` covers ``aux1.conv``)."""
+    keep = []
+    for n in sorted(names):
+        if not any(n.startswith(k + ".") for k in keep):
+            keep.append(n)
+    return keep
+
+
+def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
+                notes: list[str]) -> tuple[Counts, dict[str, ModuleRecord]]:
+    """fvcore's JIT trace on real tensors, with shapes recorded during it; the
+    torch.utils.flop_counter fallback when fvcore fails (or silently traces nothing)."""
+    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
     try:
         # fvcore's JIT trace runs the real forward: record shapes during it (no extra pass)
         with ShapeRecorder(model) as recorder:
@@ -186,22 +286,32 @@ def analyze_model(model: nn.Module, inputs: tuple[Any, ...], *, source: str, nam
             records = record_modules(model, inputs)
         except ForwardError as e:
             raise ModelError(f"{source}: forward pass on input {shapes} failed in module "
-                             f"'{e.module}': {_where(e.error)}") from e.error
+                             f"'{e.module}': {_where(e.error)}{expected_size(e.error)}") \
+                from e.error
         try:
             counts = count_flop_counter(model, inputs)
         except Exception as e_fc:
             raise ModelError(f"{source}: could not be counted: fvcore: {_where(e_fv)}; "
                              f"torch.utils.flop_counter: {_where(e_fc)}") from e_fc
         notes.append(f"fvcore failed ({type(e_fv).__name__}: {_first_line(e_fv)})")
-    notes.extend(counts.notes)
-    rows = build_rows(model, records, counts)
-    return AnalysisReport(
-        source=source, name=name,
-        input_shapes=[list(x.shape) for x in inputs if hasattr(x, "shape")],
-        dtype=dtype, params=counts.params, macs=counts.macs,
-        by_operator=dict(sorted(counts.by_operator.items(), key=lambda kv: -kv[1])),
-        unsupported_ops=dict(sorted(counts.unsupported_ops.items())), layers=rows,
-        hierarchy=build_hierarchy(model, records, counts), counter=counts.counter, notes=notes)
+        counts.uncalled = sorted(n for n, _ in model.named_modules() if n and n not in records)
+    return counts, records
+
+
+def expected_size(e: BaseException) -> str:
+    """'; the model expects 224 x 224 inputs: pass --input-shape 1,3,224,224' when the error says
+    what size it wanted (ViT: 'Wrong image height! Expected 224 but got 384!')."""
+    import re
+
+    text = str(e)
+    m = re.search(r"[Ee]xpected (?:image )?(?:size |height |width )?(\d+)(?: but got| got|, got)",
+                  text) or re.search(r"Input (?:height|image size) \((\d+)\) doesn't match model "
+                                     r"\((\d+)\)", text)
+    if not m:
+        return ""
+    size = m.group(m.lastindex or 1)
+    return (f"; the model expects {size} x {size} inputs: pass --input-shape 1,3,{size},{size} "
+            f"(or build it for another size with --model-arg, e.g. image_size=...)")
 
 
 def _missed_by_trace(model: nn.Module, records: dict[str, ModuleRecord], counts: Counts) -> list[str]:

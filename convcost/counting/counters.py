@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 FVCORE = "fvcore"
+META = "meta"  # fvcore's formulas on meta tensors (convcost.counting.meta): nothing computed
 FLOP_COUNTER = "torch.utils.flop_counter"
+COUNTER_TEXT = {FVCORE: "fvcore (JIT trace on real tensors)",
+                META: "fvcore's formulas on meta tensors (nothing computed)",
+                FLOP_COUNTER: "torch.utils.flop_counter (fallback)"}
 
 
 @dataclass
@@ -33,6 +37,19 @@ class Counts:
     unsupported_ops: dict[str, int]
     counter: str = FVCORE
     notes: list[str] = field(default_factory=list)
+    uncalled: list[str] = field(default_factory=list)  # modules never called in the forward
+
+    @property
+    def paper_macs(self) -> int:
+        """Conv + linear + matmul/attention MACs: the papers' and torchvision's convention."""
+        return paper_macs(self.by_operator)
+
+
+def paper_macs(by_operator: dict[str, int]) -> int:
+    """The part of ``by_operator`` that papers and torchvision's ``_ops`` count."""
+    from convcost.counting.handles import PAPER_OPERATORS
+
+    return sum(v for k, v in by_operator.items() if k in PAPER_OPERATORS)
 
 
 def params_by_module(model: nn.Module) -> dict[str, int]:
@@ -71,19 +88,38 @@ def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
     from fvcore.nn import FlopCountAnalysis
 
+    from convcost.counting.handles import JIT
     from convcost.counting.inventory import eval_mode
+    from convcost.counting.meta import mha_fastpath_off
 
-    with eval_mode(model), torch.no_grad(), _QuietFvcore(), warnings.catch_warnings():
+    with eval_mode(model), torch.no_grad(), _QuietFvcore(), warnings.catch_warnings(), \
+            mha_fastpath_off():
         warnings.simplefilter("ignore")
         fa = FlopCountAnalysis(model, inputs)
+        fa.set_op_handle(**JIT)  # attention, padding='same' convs: fvcore has no formula
         fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         by_module = {k: int(v) for k, v in fa.by_module().items()}
         by_operator = {k: int(v) for k, v in fa.by_operator().items()}
         unsupported = {k: int(v) for k, v in fa.unsupported_ops().items()}
         total = int(fa.total())
+        uncalled = sorted(fa.uncalled_modules())
     pbm = params_by_module(model)
     return Counts(macs=total, params=pbm.get("", 0), by_module=by_module, by_operator=by_operator,
-                  params_by_module=pbm, unsupported_ops=unsupported)
+                  params_by_module=pbm, unsupported_ops=unsupported, uncalled=uncalled)
+
+
+def count_meta(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> tuple[Counts, Any]:
+    """Count on meta tensors (see :mod:`convcost.counting.meta`): (counts, module records).
+    Raises :class:`convcost.counting.meta.MetaCountError` when the model cannot run there."""
+    from convcost.counting.meta import count_on_meta
+
+    by_module, by_operator, unsupported, records = count_on_meta(model, input_shapes)
+    pbm = params_by_module(model)
+    names = [n for n, _ in model.named_modules()]
+    uncalled = sorted(n for n in names if n and n not in records)
+    return Counts(macs=by_module.get("", 0), params=pbm.get("", 0), by_module=by_module,
+                  by_operator=by_operator, params_by_module=pbm, unsupported_ops=unsupported,
+                  counter=META, uncalled=uncalled), records
 
 
 _FC_OPS = {"convolution": "conv", "_convolution": "conv", "mm": "linear", "addmm": "linear",

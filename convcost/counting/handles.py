@@ -281,6 +281,10 @@ JIT: dict[str, Callable[[list[Any], list[Any]], MacCounts]] = {
 
 # --------------------------------------------------------------------------- not counted, by design
 
+# ATen names of operators whose JIT (fvcore) name differs, for the "not counted" list
+ALIASES = {"max_pool1d_with_indices": "max_pool1d", "max_pool2d_with_indices": "max_pool2d",
+           "max_pool3d_with_indices": "max_pool3d"}
+
 # fvcore's _IGNORED_OPS (truly 0 MACs: shape manipulation, integer ops, copies), plus views and
 # copies that only appear below the JIT level.
 IGNORED = frozenset({

@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from convcost.counting.handles import ATEN, FUNCTIONS, IGNORED
+from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED
 from convcost.counting.inventory import ModuleRecord, ShapeRecorder, eval_mode
 
 META = "meta tensors"
@@ -93,7 +93,7 @@ class _DispatchCounter(TorchDispatchMode):
         if handle is not None:
             self.tally.add(handle(args, kwargs, out))
         else:
-            name = packet.__name__
+            name = ALIASES.get(packet.__name__, packet.__name__)
             if name not in IGNORED:
                 self.tally.unsupported[f"aten::{name}"] += 1
         return out
@@ -124,7 +124,7 @@ class _FunctionCounter(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _mha_fastpath_off() -> Iterator[None]:
+def mha_fastpath_off() -> Iterator[None]:
     """nn.MultiheadAttention's fused fast path hides its matmuls; count the decomposed ops."""
     mha = getattr(torch.backends, "mha", None)
     if mha is None:
@@ -151,7 +151,7 @@ def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
     recorder = ShapeRecorder(m)
     tally = _Tally(recorder)
     try:
-        with recorder, eval_mode(m), torch.no_grad(), _mha_fastpath_off(), \
+        with recorder, eval_mode(m), torch.no_grad(), mha_fastpath_off(), \
                 _FunctionCounter(tally), _DispatchCounter(tally):
             m(*inputs)
     except Exception as e:

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
+from convcost.counting.counters import COUNTER_TEXT, FVCORE
 from convcost.report.common import (
     CONVENTION_LINE,
     add_timing_columns,
@@ -79,15 +80,17 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
 
 
 def _collapse(report: AnalysisReport, depth: int) -> list[LayerRow]:
-    """Module hierarchy cut at ``depth`` (0 = the whole model, 1 = top-level children, ...)."""
+    """Module hierarchy cut at ``depth`` (0 = the whole model, 1 = top-level children, ...):
+    the modules at that depth, and leaves above it. Linear in the number of modules."""
+    parents = {n.name.rsplit(".", 1)[0] if "." in n.name else "" for n in report.hierarchy
+               if n.name}
     rows = []
     for node in report.hierarchy:
-        is_leaf_below = not any(
-            n.name.startswith(node.name + ".") for n in report.hierarchy if node.name)
+        is_leaf_below = node.name not in parents
         if node.depth == depth or (node.depth < depth and is_leaf_below and node.name):
-            rows.append(LayerRow(name=node.name or "(model)", op=node.type, kind="",
-                                 in_shape=None, out_shape=node.out_shape, params=node.params,
-                                 macs=node.macs))
+            rows.append(LayerRow(name=node.name or "(model)", op=node.type,
+                                 kind="" if node.called else "(not called)", in_shape=None,
+                                 out_shape=node.out_shape, params=node.params, macs=node.macs))
     rest_p = report.params - sum(r.params for r in rows)
     rest_m = report.macs - sum(r.macs for r in rows)
     if rows and (rest_p or rest_m):  # work in forward() bodies above the cut (functional ops)
@@ -108,11 +111,28 @@ def operator_table(report: AnalysisReport) -> Table:
     return t
 
 
+def totals_lines(report: AnalysisReport) -> list[str]:
+    """The two MAC conventions, labelled, and the parameters of modules that never ran."""
+    lines = [f"MACs, all counted operators (fvcore's convention): {human(report.macs)}; "
+             f"conv + linear + attention matmuls (the papers' and torchvision's): "
+             f"{human(report.paper_macs)}"]
+    if report.counter != FVCORE:
+        lines.append(f"counter: {COUNTER_TEXT.get(report.counter, report.counter)}")
+    if report.never_called:
+        names = ", ".join(f"{n} ({human(p)})" for n, p in report.never_called[:6])
+        more = f", +{len(report.never_called) - 6} more" if len(report.never_called) > 6 else ""
+        lines.append(f"params in modules never called during the forward: "
+                     f"{human(report.params_never_called)} of the {human(report.params)} "
+                     f"({names}{more}); without them: "
+                     f"{human(report.params - report.params_never_called)}")
+    return lines
+
+
 def _warnings(report: AnalysisReport) -> list[Text]:
-    out = []
+    out = [Text(x) for x in totals_lines(report)]
     if report.unsupported_ops:
         ops = ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items())
-        out.append(Text(f"warning: not counted by {report.counter} (0 MACs assumed): {ops}",
+        out.append(Text(f"warning: not counted (no formula; 0 MACs assumed): {ops}",
                         style="yellow"))
     for n in report.notes:
         out.append(Text(f"note: {n}", style="yellow"))
@@ -149,7 +169,10 @@ def analysis_dict(report: AnalysisReport) -> dict[str, Any]:
         "dtype": report.dtype,
         "counter": report.counter,
         "totals": {"params": report.params, "macs": report.macs, "flops": report.flops,
-                   "latency_ms": report.latency_ms},
+                   "latency_ms": report.latency_ms, "paper_macs": report.paper_macs,
+                   "paper_flops": 2 * report.paper_macs,
+                   "params_never_called": report.params_never_called},
+        "never_called": [{"name": n, "params": p} for n, p in report.never_called],
         "by_operator": report.by_operator,
         "unsupported_ops": report.unsupported_ops,
         "layers": [_layer_dict(r) for r in report.layers],
@@ -175,6 +198,13 @@ def analysis_csv(report: AnalysisReport) -> str:
         w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS])
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
                 report.flops, csv_cell(report.latency_ms)])
+    w.writerow(["total (conv + linear + attention: papers' convention)", "", "", "", "", "", "",
+                "", "", "", report.params, report.paper_macs, 2 * report.paper_macs, ""])
+    for n, p in report.never_called:
+        w.writerow([n, "", "never called", "", "", "", "", "", "", "", p, 0, 0, ""])
+    for op, count in report.unsupported_ops.items():
+        w.writerow([op, "not counted", f"{count} call(s)", "", "", "", "", "", "", "", "", "", "",
+                    ""])
     return buf.getvalue()
 
 

@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from convcost.errors import InputError, ModelError
-from convcost.sources.spec import Spec, build_model, example_inputs, load_spec
+from convcost.sources.spec import Spec, build_model, load_spec
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 SOURCE_FORMS = ("spec.yaml", "file.py:Name", "package.module:Name", "torchvision:NAME",
@@ -32,14 +32,39 @@ SOURCE_FORMS = ("spec.yaml", "file.py:Name", "package.module:Name", "torchvision
 
 @dataclass
 class Loaded:
-    """A model ready to analyse: the module (eval mode), its inputs, and where it came from."""
+    """A model ready to analyse: the module (eval mode), its input shapes (batch included), and
+    where it came from. Input tensors are made only when something needs real values (timing,
+    or counting on real tensors): :attr:`inputs`, seeded, after the memory guard."""
 
     source: str
     name: str
     model: nn.Module
-    inputs: tuple[torch.Tensor, ...]
+    input_shapes: list[tuple[int, ...]]
     kind: str  # spec | python | torchvision | timm | export
     spec: Spec | None = None
+    memory_check: bool = True
+    _inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """Seeded random inputs of :attr:`input_shapes` (made once; the memory guard first)."""
+        if self._inputs is None:
+            self.guard_memory("real inputs and activations")
+            g = torch.Generator().manual_seed(0)
+            self._inputs = tuple(torch.randn(s, generator=g) for s in self.input_shapes)
+        return self._inputs
+
+    def guard_memory(self, what: str = "a real forward") -> None:
+        """Refuse (exit 2) a real forward that would not fit in memory, before allocating."""
+        from convcost.memory import guard, spec_estimate, tensor_estimate
+
+        if self.spec is not None:
+            est, why = spec_estimate(self.spec, self.input_shapes[0][0])
+        else:
+            est = 3 * tensor_estimate(self.input_shapes)
+            why = (f"input {', '.join('x'.join(map(str, s)) for s in self.input_shapes)} and its "
+                   "first activations")
+        guard(est, why, what=f"{self.source} ({what})", enabled=self.memory_check)
 
 
 def is_spec_path(source: str) -> bool:
@@ -52,24 +77,20 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
     loaded or built raise ``ModelError`` (exit 3); a run that would not fit in memory raises
     ``ResourceError`` (exit 2) before allocating, unless ``memory_check`` is off.
     """
-    from convcost.memory import guard, spec_estimate, tensor_estimate
-
     if is_spec_path(source):
         if input_shape is not None:
             raise InputError(f"{source}: --input-shape applies to models; a spec declares its "
                              "own 'input' (use --batch to change the batch)")
         spec = load_spec(source)
-        est, why = spec_estimate(spec, batch or spec.batch)
-        guard(est, why, what=source, enabled=memory_check)
         try:
             model = build_model(spec)
         except Exception as e:  # pragma: no cover - validation should catch everything
             raise ModelError(f"{source}: could not build the spec's module: {e}") from e
-        return Loaded(source, spec.name, model, example_inputs(spec, batch), "spec", spec)
+        b = batch or spec.batch
+        return Loaded(source, spec.name, model, [(b, *s) for s in spec.input_shapes], "spec",
+                      spec, memory_check)
 
     shape = _input_shape(input_shape, batch)
-    guard(3 * tensor_estimate([shape]), f"input {'x'.join(map(str, shape))} and its first "
-          "activations", what=source, enabled=memory_check)
     low = source.lower()
     if low.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
         raise ModelError(
@@ -77,7 +98,7 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
             "Export the model instead: torch.export.save(torch.export.export(model, (x,)), "
             "'model.pt2'), or pass the code that builds it as file.py:Name")
     if low.endswith(".pt2"):
-        return _load_export(source, shape)
+        return _load_export(source, shape, memory_check)
     if ":" not in source:
         raise InputError(f"{source!r} is not a SOURCE; use one of: {', '.join(SOURCE_FORMS)}")
     prefix, _, name = source.partition(":")
@@ -95,8 +116,7 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
     else:
         model = _instantiate(source, _attr_from_module(source, prefix, name), name)
         kind = "python"
-    g = torch.Generator().manual_seed(0)
-    return Loaded(source, name, model.eval(), (torch.randn(shape, generator=g),), kind)
+    return Loaded(source, name, model.eval(), [tuple(shape)], kind, memory_check=memory_check)
 
 
 def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int, ...]:
@@ -254,7 +274,7 @@ def tensors_only_unpickling() -> Iterator[None]:
             pkg.pickle = saved_pickle
 
 
-def _load_export(source: str, shape: tuple[int, ...]) -> Loaded:
+def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True) -> Loaded:
     path = Path(source)
     if not path.is_file():
         raise ModelError(f"{source}: no such file")
@@ -274,9 +294,8 @@ def _load_export(source: str, shape: tuple[int, ...]) -> Loaded:
         shapes = [tuple(int(d) for d in v.shape) for v in vals if v is not None] or [shape]
     except Exception:  # pragma: no cover - fall back to the requested shape
         shapes = [shape]
-    g = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.randn(s, generator=g) for s in shapes)
-    return Loaded(source, path.stem, model, inputs, "export")
+    return Loaded(source, path.stem, model, [tuple(s) for s in shapes], "export",
+                  memory_check=memory_check)
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from convcost.counting.analysis import AnalysisReport
@@ -129,13 +128,13 @@ def _record(run: TimingRun, name: str, kr: KernelResult, key: str, seen: set[str
 # --------------------------------------------------------------------------- analyze
 
 
-def time_analysis(report: AnalysisReport, model: nn.Module, inputs: tuple[torch.Tensor, ...],
+def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[tuple[int, ...]],
                   engine: TimingEngine) -> TimingRun:
     """Time the whole model forward and each conv/linear row's kernel in isolation."""
     modules = dict(model.named_modules())
     rows = [r for r in report.layers if r.op in ("conv", "linear") and r.in_shape and r.calls >= 1
             and r.name in modules]
-    shapes = [tuple(x.shape) for x in inputs]
+    shapes = [tuple(s) for s in input_shapes]
     model_key = engine.add_group([Kernel(model, shapes, None, report.macs, f"model {report.name}",
                                          "model")], paired=False, label="whole model")[0]
     row_keys = []
@@ -196,7 +195,7 @@ def _fill_row(row: CompareRow, kr: KernelResult, pr: PairResult | None, *, same:
 
 
 def time_compare(report: CompareReport, engine: TimingEngine, model: nn.Module | None = None,
-                 inputs: tuple[torch.Tensor, ...] | None = None) -> TimingRun:
+                 input_shapes: list[tuple[int, ...]] | None = None) -> TimingRun:
     """Time every layer's original and variants (paired, one group per unique layer), then the
     whole model, original vs each substituted model (paired)."""
     modules = dict(model.named_modules()) if model is not None else {}
@@ -212,9 +211,9 @@ def time_compare(report: CompareReport, engine: TimingEngine, model: nn.Module |
                    zip(mods, rows, strict=True)]
         keys = engine.add_group(kernels, paired=True, label=lc.name)
         plans.append((rows, keys, mods, L))
-    if report.is_model and model is not None and inputs is not None:
+    if report.is_model and model is not None and input_shapes is not None:
         rows = [report.model_baseline, *[r for r in report.model_rows if not r.skipped]]
-        shapes = [tuple(x.shape) for x in inputs]
+        shapes = [tuple(s) for s in input_shapes]
         mods = [model] + [substitute(model, report.layers, Variant(r.variant, r.groups))[0]
                           for r in rows[1:]]
         kernels = [Kernel(m, shapes, None, r.macs, f"model {report.name} {r.label}", "model")

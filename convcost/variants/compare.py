@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.counting.analysis import LayerRow, analyze_model
-from convcost.counting.counters import count_fvcore
+from convcost.counting.analysis import LayerRow, analyze_model, random_inputs
+from convcost.counting.counters import META, count_fvcore, count_meta
+from convcost.counting.meta import MetaCountError
 from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
@@ -105,7 +106,11 @@ class CompareReport:
 
 
 class _Counter:
-    """fvcore counts of single modules, cached by (layer, variant): a model repeats shapes."""
+    """fvcore counts of single modules, cached by (layer, variant): a model repeats shapes.
+
+    A conv's MACs are linear in the batch (B x H' x W' x K^2 x C/g x N), so each module is
+    counted by fvcore at batch 1 and scaled exactly by the layer's batch: the cost of counting
+    does not grow with the batch. The closed forms check the result at the full batch."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple[ConvLayer, Variant | None], tuple[int, int]] = {}
@@ -113,9 +118,9 @@ class _Counter:
     def count(self, layer: ConvLayer, v: Variant | None, module: nn.Module) -> tuple[int, int]:
         key = (layer, v)
         if key not in self.cache:
-            x = torch.zeros(layer.input_shape)
+            x = torch.zeros((1, *layer.input_shape[1:]))
             c = count_fvcore(module, (x,))
-            self.cache[key] = (c.params, c.macs)
+            self.cache[key] = (c.params, c.macs * layer.batch)
         return self.cache[key]
 
 
@@ -208,17 +213,37 @@ def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
     setattr(parent, leaf, new)
 
 
-def compare_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, source: str, name: str,
+def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   variant_names: tuple[str, ...], groups: tuple[int, ...] | None,
                   globs: tuple[str, ...] = (), kernel_sizes: tuple[int, ...] = (),
-                  whole_model: bool = True,
+                  whole_model: bool = True, count_on: str = "auto",
+                  make_inputs: Callable[[], tuple[Any, ...]] | None = None,
                   progress: Callable[[str], None] | None = None) -> CompareReport:
     """Per-layer variant rows for the selected convs, and whole-model rows (every selected conv
     replaced by the variant where it is valid; the others kept and listed).
 
-    ``groups`` None means ``all``: every valid divisor of each layer (model rows take the union).
+    ``inputs`` are example tensors or their shapes (see :func:`analyze_model`; the substituted
+    models are counted the same way as the original). ``groups`` None means ``all``: every valid
+    divisor of each layer (model rows take the union).
     """
-    analysis = analyze_model(model, inputs, source=source, name=name)
+    analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
+                             make_inputs=make_inputs)
+    how = META if analysis.counter == META else "real"
+    shapes = [tuple(r) for r in analysis.input_shapes]
+    real: list[tuple[Any, ...]] = []
+
+    def count_whole(m: nn.Module) -> Any:
+        """Count a substituted model like the original (meta tensors, or real ones)."""
+        if how == META:
+            try:
+                return count_meta(m, shapes)[0]
+            except MetaCountError:
+                pass
+        if not real:
+            real.append(tuple(inputs) if all(hasattr(x, "shape") for x in inputs) else (
+                make_inputs() if make_inputs is not None else random_inputs(shapes)))
+        return count_fvcore(m, real[0])
+
     modules = dict(model.named_modules())
     selected = select_convs(analysis.layers, modules, globs, kernel_sizes)
     notes = []
@@ -251,7 +276,7 @@ def compare_model(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, source:
         for v in model_variants:
             if progress:
                 progress(f"model: {v.label}")
-            report.model_rows.append(_model_row(model, inputs, layers, v, analysis.params,
+            report.model_rows.append(_model_row(model, count_whole, layers, v, analysis.params,
                                                 analysis.macs))
     return report
 
@@ -273,8 +298,9 @@ def substitute(model: nn.Module, layers: list[LayerCompare],
     return new.eval(), done, kept
 
 
-def _model_row(model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[LayerCompare],
-               v: Variant, base_params: int, base_macs: int) -> CompareRow:
+def _model_row(model: nn.Module, count_whole: Callable[[nn.Module], Any],
+               layers: list[LayerCompare], v: Variant, base_params: int,
+               base_macs: int) -> CompareRow:
     row = CompareRow("(model)", v.name, v.groups, formula=FORMULAS.get(v.name))
     new, done, kept = substitute(model, layers, v)
     row.substituted, row.kept = len(done), kept
@@ -282,7 +308,7 @@ def _model_row(model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[
         row.skipped = f"no selected layer accepts it ({kept[0][1]})" if kept else "no layer selected"
         return row
     try:
-        c = count_fvcore(new, inputs)
+        c = count_whole(new)
     except Exception as e:
         row.skipped = f"the substituted model could not be counted: {type(e).__name__}: {e}"[:300]
         return row
