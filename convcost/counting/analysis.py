@@ -22,6 +22,7 @@ from convcost.counting.counters import (
 from convcost.counting.inventory import (
     ForwardError,
     ModuleRecord,
+    ParamUse,
     ShapeRecorder,
     describe,
     is_leaf,
@@ -239,9 +240,7 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
         counts, records = _count_real(model, tensors, source, notes)
     notes.extend(counts.notes)
     rows = build_rows(model, records, counts)
-    mods = dict(model.named_modules())
-    never = [(n, counts.params_by_module.get(n, 0)) for n in _outermost(
-        [n for n in mods if n and n not in records and counts.params_by_module.get(n, 0)])]
+    never = never_run(model, records, counts)
     return AnalysisReport(
         source=source, name=name, input_shapes=[list(s) for s in shapes],
         dtype=dtype, params=counts.params, macs=counts.macs,
@@ -256,6 +255,28 @@ def random_inputs(shapes: list[tuple[int, ...]]) -> tuple[Any, ...]:
 
     g = torch.Generator().manual_seed(0)
     return tuple(torch.randn(s, generator=g) for s in shapes)
+
+
+def never_run(model: nn.Module, records: dict[str, Any], counts: Counts) -> list[tuple[str, int]]:
+    """(module, params) of the outermost modules with parameters that took no part in the
+    forward: neither they nor a descendant was called, and none of their parameters was used
+    (nn.MultiheadAttention uses out_proj's weight without calling out_proj)."""
+    ran = called_names(records)
+    used = counts.used_params or set()
+    used_owners = called_names({n.rsplit(".", 1)[0] if "." in n else "": None for n in used})
+    return [(n, counts.params_by_module.get(n, 0)) for n in _outermost(
+        [n for n, _ in model.named_modules() if n and n not in ran and n not in used_owners
+         and counts.params_by_module.get(n, 0)])]
+
+
+def called_names(records: dict[str, Any]) -> set[str]:
+    """Modules that ran, with their ancestors: a container (nn.ModuleList) is iterated, never
+    called, but its children run."""
+    out: set[str] = {""}
+    for n in records:
+        parts = n.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -274,9 +295,11 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
     shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
     try:
         # fvcore's JIT trace runs the real forward: record shapes during it (no extra pass)
-        with ShapeRecorder(model) as recorder:
+        recorder = ShapeRecorder(model)
+        with recorder, ParamUse(recorder) as use:
             counts = count_fvcore(model, inputs)
         records = recorder.ordered()
+        counts.used_params = use.used_names(model)
         missed = _missed_by_trace(model, records, counts)
         if missed:
             raise RuntimeError(f"its trace saw no work in {len(missed)} conv/linear module(s) "
@@ -294,7 +317,8 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
             raise ModelError(f"{source}: could not be counted: fvcore: {_where(e_fv)}; "
                              f"torch.utils.flop_counter: {_where(e_fc)}") from e_fc
         notes.append(f"fvcore failed ({type(e_fv).__name__}: {_first_line(e_fv)})")
-        counts.uncalled = sorted(n for n, _ in model.named_modules() if n and n not in records)
+        ran = called_names(records)
+        counts.uncalled = sorted(n for n, _ in model.named_modules() if n and n not in ran)
     return counts, records
 
 

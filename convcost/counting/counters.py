@@ -38,6 +38,7 @@ class Counts:
     counter: str = FVCORE
     notes: list[str] = field(default_factory=list)
     uncalled: list[str] = field(default_factory=list)  # modules never called in the forward
+    used_params: set[str] | None = None  # qualified names of parameters the forward used
 
     @property
     def paper_macs(self) -> int:
@@ -88,7 +89,7 @@ def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
     from fvcore.nn import FlopCountAnalysis
 
-    from convcost.counting.handles import JIT
+    from convcost.counting.handles import JIT, VIEWS
     from convcost.counting.inventory import eval_mode
     from convcost.counting.meta import mha_fastpath_off
 
@@ -97,6 +98,7 @@ def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
         warnings.simplefilter("ignore")
         fa = FlopCountAnalysis(model, inputs)
         fa.set_op_handle(**JIT)  # attention, padding='same' convs: fvcore has no formula
+        fa.set_op_handle(**{f"aten::{n}": None for n in VIEWS})  # views: 0 MACs, not "missing"
         fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         by_module = {k: int(v) for k, v in fa.by_module().items()}
         by_operator = {k: int(v) for k, v in fa.by_operator().items()}
@@ -113,13 +115,15 @@ def count_meta(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> tuple[C
     Raises :class:`convcost.counting.meta.MetaCountError` when the model cannot run there."""
     from convcost.counting.meta import count_on_meta
 
-    by_module, by_operator, unsupported, records = count_on_meta(model, input_shapes)
+    by_module, by_operator, unsupported, records, used = count_on_meta(model, input_shapes)
     pbm = params_by_module(model)
-    names = [n for n, _ in model.named_modules()]
-    uncalled = sorted(n for n in names if n and n not in records)
+    from convcost.counting.analysis import called_names
+
+    ran = called_names(records)
+    uncalled = sorted(n for n, _ in model.named_modules() if n and n not in ran)
     return Counts(macs=by_module.get("", 0), params=pbm.get("", 0), by_module=by_module,
                   by_operator=by_operator, params_by_module=pbm, unsupported_ops=unsupported,
-                  counter=META, uncalled=uncalled), records
+                  counter=META, uncalled=uncalled, used_params=used), records
 
 
 _FC_OPS = {"convolution": "conv", "_convolution": "conv", "mm": "linear", "addmm": "linear",

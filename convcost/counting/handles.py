@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MacCounts = dict[str, int]
@@ -232,12 +231,15 @@ def _fn_sdpa(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> MacCoun
     return {"attention": attention_macs(q, k, v)}
 
 
-FUNCTIONS: dict[Any, FunctionHandle] = {
-    F.adaptive_avg_pool1d: _fn_adaptive_avg("adaptive_avg_pool1d"),
-    F.adaptive_avg_pool2d: _fn_adaptive_avg("adaptive_avg_pool2d"),
-    F.adaptive_avg_pool3d: _fn_adaptive_avg("adaptive_avg_pool3d"),
-    F.interpolate: _fn_interpolate,
-    F.scaled_dot_product_attention: _fn_sdpa,
+# torch.nn.functional names: seen under a TorchFunctionMode when called directly, and through a
+# counting wrapper put in place of the attribute while counting when another torch function
+# calls them (nn.MultiheadAttention's forward calls scaled_dot_product_attention).
+FUNCTIONS: dict[str, FunctionHandle] = {
+    "adaptive_avg_pool1d": _fn_adaptive_avg("adaptive_avg_pool1d"),
+    "adaptive_avg_pool2d": _fn_adaptive_avg("adaptive_avg_pool2d"),
+    "adaptive_avg_pool3d": _fn_adaptive_avg("adaptive_avg_pool3d"),
+    "interpolate": _fn_interpolate,
+    "scaled_dot_product_attention": _fn_sdpa,
 }
 
 
@@ -303,5 +305,8 @@ IGNORED = frozenset({
     "permute_copy", "t_copy", "expand_copy", "_local_scalar_dense", "fill_", "zero_", "copy",
     "unfold", "_assert_async", "_assert_tensor_metadata", "_native_batch_norm_legit_functional",
     "resize_", "set_", "dropout_", "native_dropout", "feature_dropout", "alpha_dropout",
-    "_has_compatible_shallow_copy_type", "is_same_size", "unflatten", "movedim",
-})
+    "_has_compatible_shallow_copy_type", "is_same_size",
+}) | frozenset({"unflatten", "movedim"})
+
+# views that fvcore's list misses: ignored in its JIT trace too, so both counters agree
+VIEWS = frozenset({"unflatten", "movedim"})

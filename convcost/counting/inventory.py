@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from convcost.sources.spec import AddBlock, ChannelShuffle, ConcatBlock
 
@@ -223,3 +224,39 @@ def record_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, Modul
 def is_leaf(m: nn.Module) -> bool:
     """A module with no children, or a spec block (add/concat) is reported through its children."""
     return next(iter(m.children()), None) is None
+
+
+class ParamUse(TorchFunctionMode):
+    """Records which parameters a forward uses: any torch function that receives one (or a view
+    of one) as an argument. nn.MultiheadAttention uses its out_proj's weight without calling
+    out_proj; an auxiliary head that never runs uses none of its own."""
+
+    def __init__(self, recorder: ShapeRecorder | None = None) -> None:
+        super().__init__()
+        self.used: set[int] = set()
+        self.recorder = recorder  # when given: only calls inside a module's forward count
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.recorder is not None and not self.recorder.running:
+            return func(*args, **kwargs)  # the tracer's own handling of the module state
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                self._note(a)
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    if isinstance(x, torch.Tensor):
+                        self._note(x)
+        return func(*args, **kwargs)
+
+    def _note(self, t: torch.Tensor) -> None:
+        while t is not None:
+            if isinstance(t, nn.Parameter):
+                self.used.add(id(t))
+                return
+            t = t._base
+
+    def used_names(self, model: nn.Module) -> set[str]:
+        """Qualified names of the used parameters of ``model``."""
+        return {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in self.used}

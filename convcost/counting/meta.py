@@ -23,12 +23,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED
-from convcost.counting.inventory import ModuleRecord, ShapeRecorder, eval_mode
+from convcost.counting.inventory import ModuleRecord, ParamUse, ShapeRecorder, eval_mode
 
 META = "meta tensors"
 
@@ -99,28 +100,59 @@ class _DispatchCounter(TorchDispatchMode):
         return out
 
 
+def _counted_call(tally: _Tally, name: str, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Call a handled function with the operators inside it not counted again; count it."""
+    tally.suppressed += 1
+    try:
+        out = func(*args, **kwargs)
+    finally:
+        tally.suppressed -= 1
+    counts = FUNCTIONS[name](args, kwargs, out)
+    if counts:
+        tally.add(counts)
+    else:  # a mode without a formula (e.g. bicubic): report it like any uncounted op
+        tally.unsupported[f"aten::{name}"] += 1
+    return out
+
+
 class _FunctionCounter(TorchFunctionMode):
+    """Handled torch.nn.functional functions called directly (also through references taken
+    before counting began)."""
+
     def __init__(self, tally: _Tally) -> None:
         super().__init__()
         self.tally = tally
+        self.names = {getattr(F, n): n for n in FUNCTIONS if hasattr(F, n)}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        handle = FUNCTIONS.get(func)
-        if handle is None or self.tally.suppressed:
+        name = self.names.get(func)
+        if name is None or self.tally.suppressed:
             return func(*args, **kwargs)
-        self.tally.suppressed += 1
-        try:
-            out = func(*args, **kwargs)
-        finally:
-            self.tally.suppressed -= 1
-        counts = handle(args, kwargs, out)
-        if counts:
-            self.tally.add(counts)
-        else:  # a mode without a formula (e.g. bicubic): report it like any uncounted op
-            self.tally.unsupported[f"aten::{getattr(func, '__name__', str(func))}"] += 1
-        return out
+        return _counted_call(self.tally, name, func, args, kwargs)
+
+
+@contextlib.contextmanager
+def _wrapped_functions(tally: _Tally) -> Iterator[None]:
+    """While counting, ``torch.nn.functional.NAME`` is a counting wrapper of itself, so that
+    calls from inside other torch functions (which a TorchFunctionMode does not see) count."""
+    saved = {n: getattr(F, n) for n in FUNCTIONS if hasattr(F, n)}
+
+    def wrapper(name: str, orig: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if tally.suppressed:
+                return orig(*args, **kwargs)
+            return _counted_call(tally, name, orig, args, kwargs)
+        return call
+
+    for n, f in saved.items():
+        setattr(F, n, wrapper(n, f))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(F, n, f)
 
 
 @contextlib.contextmanager
@@ -140,9 +172,11 @@ def mha_fastpath_off() -> Iterator[None]:
 
 def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
                   dtype: torch.dtype = torch.float32
-                  ) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, ModuleRecord]]:
-    """(MACs by module, by operator, not-counted operators, module records) of one forward of
-    a meta copy of ``model`` on inputs of ``input_shapes``. Raises :class:`MetaCountError`."""
+                  ) -> tuple[dict[str, int], dict[str, int], dict[str, int],
+                             dict[str, ModuleRecord], set[str]]:
+    """(MACs by module, by operator, not-counted operators, module records, names of the
+    parameters used) of one forward of a meta copy of ``model`` on inputs of
+    ``input_shapes``. Raises :class:`MetaCountError`."""
     try:
         m = meta_copy(model)
     except Exception as e:
@@ -150,15 +184,17 @@ def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
     inputs = tuple(torch.empty(tuple(s), device="meta", dtype=dtype) for s in input_shapes)
     recorder = ShapeRecorder(m)
     tally = _Tally(recorder)
+    use = ParamUse(recorder)
     try:
-        with recorder, eval_mode(m), torch.no_grad(), mha_fastpath_off(), \
-                _FunctionCounter(tally), _DispatchCounter(tally):
+        with recorder, eval_mode(m), torch.no_grad(), mha_fastpath_off(), use, \
+                _FunctionCounter(tally), _wrapped_functions(tally), _DispatchCounter(tally):
             m(*inputs)
     except Exception as e:
         raise MetaCountError(f"it does not run on meta tensors ({_first(e)})") from e
     by_module = dict(tally.by_module)
     by_module.setdefault("", 0)
-    return by_module, dict(tally.by_operator), dict(tally.unsupported), recorder.ordered()
+    return (by_module, dict(tally.by_operator), dict(tally.unsupported), recorder.ordered(),
+            use.used_names(m))
 
 
 def _first(e: BaseException) -> str:
