@@ -22,7 +22,7 @@ from convcost.sources.yamlio import LineDict, load_yaml_file
 from convcost.units import human, parse_count, parse_duration_ms
 
 BUDGET_VERSION = 1
-METRICS = ("params", "macs", "flops", "latency")
+METRICS = ("params", "macs", "paper_macs", "flops", "latency")
 LEVELS = ("error", "warn")
 DROP_NOTICE = 0.10  # a metric 10% or more below its baseline: time to tighten the budget
 
@@ -66,6 +66,7 @@ class Check:
     layers: list[LayerLimits]
     latency: LatencyTarget | None
     key: str
+    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -177,7 +178,8 @@ def load_budget(path: str | Path) -> Budget:
     checks = []
     for i, c in enumerate(checks_raw):
         where = f"checks[{i}]"
-        p.keys(c, ("name", "model", "input", "limits", "layers", "regression"), where)
+        p.keys(c, ("name", "model", "model_args", "input", "limits", "layers", "regression"),
+               where)
         name = c.get("name")
         if not isinstance(name, str) or not name:
             raise p.err("needs a 'name' (a non-empty string)", c, "name" if "name" in c else None, where)
@@ -189,6 +191,12 @@ def load_budget(path: str | Path) -> Budget:
             raise p.err("needs a 'model': a spec path or a SOURCE such as file.py:Name", c,
                         "model" if "model" in c else None, where)
         inp = _shape(p, c["input"], c, "input", where) if "input" in c else d_input
+        margs = c.get("model_args") or {}
+        if not isinstance(margs, dict) or any(
+                not isinstance(k, str) or not k.isidentifier() or isinstance(v, (list, dict))
+                for k, v in margs.items()):
+            raise p.err(f"'model_args' must map argument names to scalars, e.g. {{aux_logits: "
+                        f"false}}; got {margs!r}", c, "model_args", where)
         limits = _limits(p, c.get("limits") or {}, f"{where}.limits")
         regression = _limits(p, c.get("regression") or {}, f"{where}.regression", regression=True)
         layers = []
@@ -217,7 +225,7 @@ def load_budget(path: str | Path) -> Budget:
                 raise p.err(f"latency dtype {lat.dtype!r}; use fp32, tf32, fp16 or bf16", src or c,
                             "dtype", f"{where}.limits.latency")
         checks.append(Check(name, _resolve_model(model, path), inp, limits, regression, layers, lat,
-                            where))
+                            where, dict(margs)))
     base = data.get("baseline")
     if base is not None and not isinstance(base, str):
         raise p.err(f"'baseline' must be a path, got {base!r}", data, "baseline")
@@ -345,6 +353,7 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
                    report: BudgetReport) -> None:
     """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
     values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
+              "paper_macs": metrics.get("paper_macs"),
               "flops": metrics.get("flops"), "latency": metrics.get("latency_ms")}
     for metric, lims in check.limits.items():
         v = values[metric]
@@ -376,7 +385,8 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
             continue
         report.results.append(_judge(check.name, metric, "model", v, lims, "regression", b))
     if base:
-        for metric, bkey in (("params", "params"), ("macs", "macs"), ("latency", "latency_ms")):
+        for metric, bkey in (("params", "params"), ("macs", "macs"), ("paper_macs", "paper_macs"),
+                             ("latency", "latency_ms")):
             v, b = values[metric], base.get(bkey)
             if v is not None and b and v < b * (1 - DROP_NOTICE):
                 report.notices.append(
@@ -412,11 +422,13 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                               "convcost check --update-baseline")
     for check in budget.checks:
         shape = None if is_spec_path(check.model) else check.input
-        loaded = load_source(check.model, input_shape=shape, memory_check=memory_check)
+        loaded = load_source(check.model, input_shape=shape, memory_check=memory_check,
+                             model_args=check.model_args)
         a = analyze_model(loaded.model, loaded.input_shapes,
                           make_inputs=lambda loaded=loaded: loaded.inputs,
                           source=check.model, name=check.name)
-        metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "flops": a.flops,
+        metrics: dict[str, Any] = {"params": a.params, "macs": a.macs,
+                                   "paper_macs": a.paper_macs, "flops": a.flops,
                                    "latency_ms": None, "model": check.model,
                                    "input_shapes": a.input_shapes}
         if check.latency is not None:

@@ -181,6 +181,13 @@ def _common(f: Callable) -> Callable:
     return f
 
 
+def model_arg_option(f: Callable) -> Callable:
+    return click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                        help="Keyword argument for the model's builder (torchvision:, timm:, a "
+                             "class or factory), repeatable; values are YAML scalars, e.g. "
+                             "--model-arg aux_logits=false --model-arg image_size=384.")(f)
+
+
 def count_on_option(f: Callable) -> Callable:
     return click.option("--count-on", "count_on", type=click.Choice(["auto", "meta", "real"]),
                         default="auto", show_default=True,
@@ -320,25 +327,28 @@ def cli() -> None:
               "(default 1,3,224,224); a spec declares its own.")
 @click.option("--depth", type=click.IntRange(0, 64), help="Collapse the table to the module "
               "hierarchy at this depth (0 = whole model).")
+@click.option("--all", "show_all", is_flag=True,
+              help="List every layer in the table (past 300 it is collapsed by default).")
 @click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the conv inventory as a spec of independent layers to FILE.")
 @timing_options
+@model_arg_option
 @count_on_option
 @memory_option
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
-            input_shape: tuple[int, ...] | None, depth: int | None,
+            input_shape: tuple[int, ...] | None, depth: int | None, show_all: bool,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, count_on: str,
-            ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
+            count_on: str, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost.counting.analysis import analyze_model
     from convcost.report.analyze import analysis_renderables, render_analysis
-    from convcost.sources.load import load_source
+    from convcost.sources.load import load_source, parse_model_args
 
     loaded = load_source(source, input_shape=input_shape, batch=batch,
-                         memory_check=not ignore_memory)
+                         memory_check=not ignore_memory, model_args=parse_model_args(model_args))
     spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
     cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype) \
         if do_time else None
@@ -370,10 +380,11 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             click.echo(f"note: {n}", err=True)
         click.echo(f"wrote {export_spec}", err=True)
     if fmt == "table" and output is None:
-        for r in analysis_renderables(report, depth=depth):
+        for r in analysis_renderables(report, depth=depth, show_all=show_all):
             console.print(r)
     else:
-        _write_or_print(render_analysis(report, fmt, depth=depth), output, console)
+        _write_or_print(render_analysis(report, fmt, depth=depth, show_all=show_all), output,
+                        console)
     _exit_for(run)
 
 
@@ -408,6 +419,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE instead of standard output.")
 @timing_options
+@model_arg_option
 @count_on_option
 @memory_option
 @_common
@@ -417,8 +429,8 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, count_on: str,
-            ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
+            count_on: str, ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -458,8 +470,11 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
         if layer_opts:
             raise InputError(f"--{layer_opts[0].replace('cin', 'in').replace('cout', 'out')} "
                              "describes the built-in layer; with a SOURCE the layers come from it")
+        from convcost.sources.load import parse_model_args
+
         loaded = load_source(source, input_shape=input_shape, batch=batch,
-                             memory_check=not ignore_memory)
+                             memory_check=not ignore_memory,
+                             model_args=parse_model_args(model_args))
         try:
             if do_time:
                 loaded.guard_memory("timing")

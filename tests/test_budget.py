@@ -180,7 +180,7 @@ def test_models_resolve_relative_to_the_budget(tmp_path):
 
 @pytest.mark.parametrize("body,needles", [
     ("checks:\n  - name: a\n    model: x.yaml\n    limits: {parms: '1M'}\n",
-     ["budget.yaml:5", "unknown key 'parms'", "allowed: params, macs, flops, latency",
+     ["budget.yaml:5", "unknown key 'parms'", "allowed: params, macs, paper_macs, flops, latency",
       "a minimal valid budget"]),
     ("chekcs: []\n", ["unknown key 'chekcs'", "allowed: version, defaults, baseline, checks"]),
     ("checks:\n  - name: a\n    model: x.yaml\n    limits: {params: 'lots'}\n",
@@ -230,3 +230,22 @@ def test_missing_model_exits_3(tmp_path):
 def test_example_budget_passes():
     r = check(EXAMPLES / "budget.yaml", "--max-time", "0.05")
     assert r.exit_code == 0, r.output
+
+
+def test_paper_macs_limit_and_regression(tmp_path):
+    """The papers' convention (conv + linear + attention) can be limited apart from fvcore's."""
+    from tests.conftest import EXAMPLES as EX
+
+    b = tmp_path / "b.yaml"
+    b.write_text(f"version: 1\nchecks:\n  - name: tiny\n    model: {EX}/tiny.yaml\n"
+                 "    limits: {paper_macs: {error: '3.2M'}, macs: {error: '3.2M'}}\n"
+                 "    regression: {paper_macs: {error: '+1%'}}\n")
+    r = CliRunner().invoke(cli, ["check", "--no-time", str(b), "-f", "json"])
+    d = json.loads(r.stdout)
+    by = {x["metric"]: x for x in d["results"] if x["kind"] == "absolute"}
+    assert by["paper_macs"]["verdict"] == "pass" and by["paper_macs"]["actual"] == 3_179_136
+    assert by["macs"]["verdict"] == "fail" and by["macs"]["actual"] == 3_293_824
+    assert r.exit_code == 1
+    CliRunner().invoke(cli, ["check", "--no-time", str(b), "--update-baseline"])
+    base = json.loads((tmp_path / ".convcost" / "baseline.json").read_text())
+    assert base["checks"]["tiny"]["paper_macs"] == 3_179_136

@@ -277,3 +277,147 @@ def test_huge_input_counts_without_memory():
     d = json.loads(r.stdout)
     assert d["counter"] == "meta" and d["totals"]["params"] == 25_557_032
     assert d["totals"]["macs"] == 351_770_505_117_696  # = 4096 x ResNet-50 at 1024 x 1024
+
+
+def test_meta_counting_puts_the_real_parameters_back():
+    m = SameNet(False).eval()
+    before = {n: p for n, p in m.named_parameters()}
+    analyze_model(m, [(1, 3, 8, 8)], source="m", name="m", count_on="meta")
+    assert all(p is before[n] and p.device.type == "cpu" for n, p in m.named_parameters())
+    assert all(b.device.type == "cpu" for b in m.buffers())
+
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.c(x).tolist()  # fails on meta tensors
+
+    b = Boom().eval()
+    w = b.c.weight
+    r = analyze_model(b, [(1, 3, 8, 8)], source="b", name="b", count_on="meta")
+    assert b.c.weight is w and w.device.type == "cpu" and r.counter != META  # real fallback
+
+
+# --------------------------------------------------------------------------- builder arguments
+
+NET = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, width: int = 8, aux: bool = True, image_size: int = 32):
+        super().__init__()
+        self.image_size = image_size
+        self.c = nn.Conv2d(3, width, 3)
+        self.aux = nn.Linear(4, 4) if aux else None
+
+    def forward(self, x):
+        torch._assert(x.shape[-1] == self.image_size,
+                      f"Wrong image height! Expected {self.image_size} but got {x.shape[-1]}!")
+        return self.c(x)
+
+def build(width=4):
+    return Net(width=width)
+
+instance = Net()
+'''
+
+
+@pytest.fixture
+def netfile(tmp_path):
+    f = tmp_path / "net.py"
+    f.write_text(NET)
+    return f
+
+
+def _totals(args):
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", "-f", "json", *args])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)["totals"]
+
+
+def test_model_args_reach_classes_and_factories(netfile):
+    t = _totals([f"{netfile}:Net", "--input-shape", "1,3,32,32", "--model-arg", "width=16",
+                 "--model-arg", "aux=false"])
+    assert t["params"] == 3 * 16 * 9 + 16 and t["params_never_called"] == 0
+    t = _totals([f"{netfile}:build", "--input-shape", "1,3,32,32", "--model-arg", "width=2"])
+    assert t["params"] == 3 * 2 * 9 + 2 + 20 and t["params_never_called"] == 20
+    t = _totals([f"{netfile}:Net", "--input-shape", "1,3,64,64", "--model-arg", "image_size=64"])
+    assert t["macs"] == 62 * 62 * 27 * 8
+
+
+def test_model_arg_errors(netfile):
+    cases = [
+        (["--model-arg", "bad"], 2, "use KEY=VALUE"),
+        (["--model-arg", "x=[1,2]"], 2, "must be a scalar"),
+        (["--model-arg", "width=2", "--model-arg", "width=3"], 2, "given twice"),
+        (["--model-arg", "nope=1"], 3, "unexpected keyword argument 'nope'"),
+    ]
+    for extra, code, needle in cases:
+        r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{netfile}:Net", *extra])
+        assert r.exit_code == code and needle in r.stderr and "Traceback" not in r.output, extra
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{netfile}:instance", "--model-arg",
+                                 "width=2"])
+    assert r.exit_code == 2 and "module instance" in r.stderr
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/tiny.yaml", "--model-arg",
+                                 "width=2"])
+    assert r.exit_code == 2 and "already built" in r.stderr
+
+
+def test_input_size_error_names_the_expected_size(netfile):
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{netfile}:Net", "--input-shape",
+                                 "1,3,48,48"])
+    assert r.exit_code == 3 and len(r.stderr.strip().splitlines()) == 1
+    assert "the model expects 32 x 32 inputs: pass --input-shape 1,3,32,32" in r.stderr
+
+
+def test_budget_model_args(netfile, tmp_path):
+    b = tmp_path / "b.yaml"
+    b.write_text(f"version: 1\ndefaults: {{input: [1, 3, 32, 32]}}\nchecks:\n"
+                 f"  - name: n\n    model: {netfile}:Net\n    model_args: {{width: 16, aux: false}}\n"
+                 "    limits: {params: '500'}\n")
+    r = CliRunner().invoke(cli, ["check", "--no-time", str(b), "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["metrics"]["n"]["params"] == 448
+    b.write_text(f"version: 1\nchecks:\n  - name: n\n    model: {netfile}:Net\n"
+                 "    model_args: [width]\n    limits: {params: '500'}\n")
+    r = CliRunner().invoke(cli, ["check", "--no-time", str(b)])
+    assert r.exit_code == 2 and "'model_args' must map argument names to scalars" in r.stderr
+
+
+# --------------------------------------------------------------------------- large tables
+
+
+def _table_spec(tmp_path, n, nested=False):
+    lines = ["batch: 1", "layers:"]
+    for i in range(n):
+        lines.append(f"  - {{name: l{i}, input: [8, 8, 8], conv: {{out: {8 + 8 * (i % 3)}, "
+                     "kernel: 1}}")
+    p = tmp_path / f"t{n}.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_large_tables_are_collapsed_with_a_note_and_all_lists_them(tmp_path):
+    spec = _table_spec(tmp_path, 450)
+    t = CliRunner().invoke(cli, ["analyze", "--no-time", str(spec)]).stdout
+    assert "450 layers: the 300 with the most MACs are listed in order" in t
+    assert "(150 smaller layers)" in t and " l449 " not in t.replace("\n", " ")[-10:]
+    full = CliRunner().invoke(cli, ["analyze", "--no-time", str(spec), "--all"]).stdout
+    assert "l449" in full and "smaller layers" not in full
+    d = json.loads(CliRunner().invoke(cli, ["analyze", "--no-time", str(spec), "-f",
+                                            "json"]).stdout)
+    assert len(d["layers"]) == 450  # files keep every layer
+
+
+def test_large_models_collapse_to_the_hierarchy():
+    from convcost.report.analyze import table_rows
+
+    big = nn.Sequential(*[nn.Sequential(*[nn.Conv2d(4, 4, 1) for _ in range(4)])
+                          for _ in range(100)])
+    r = analyze_model(big.eval(), [(1, 4, 4, 4)], source="b", name="b")
+    rows, note = table_rows(r, None, False)
+    assert len(r.layers) == 400 and len(rows) == 100 and "depth 1" in note
+    assert sum(x.macs for x in rows) == r.macs

@@ -36,7 +36,39 @@ def _timed(report: AnalysisReport) -> bool:
     return report.latency_ms is not None or any(r.latency_ms is not None for r in report.layers)
 
 
-def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) -> list[RenderableType]:
+MAX_TABLE_ROWS = 300  # beyond this, the table view is collapsed (unless --all)
+
+
+def table_rows(report: AnalysisReport, depth: int | None,
+               show_all: bool) -> tuple[list[LayerRow], str | None]:
+    """The rows a table shows, and a note when it shows fewer than every layer: the hierarchy at
+    the deepest level that fits in :data:`MAX_TABLE_ROWS` rows, or (a flat model) the largest
+    layers by MACs, in order, and one row for the rest."""
+    if depth is not None:
+        return _collapse(report, depth), None
+    rows = report.layers
+    if show_all or len(rows) <= MAX_TABLE_ROWS:
+        return rows, None
+    fits = [d for d in range(1, 12) if len(_collapse(report, d)) <= MAX_TABLE_ROWS]
+    deepest = max(fits) if fits else None
+    if deepest is not None and len(_collapse(report, deepest)) > 1:
+        out = _collapse(report, deepest)
+        return out, (f"{len(rows)} layers shown as the module hierarchy at depth {deepest} "
+                     f"({len(out)} rows); --depth N picks another level, --all lists every "
+                     "layer (JSON, CSV and Markdown always do)")
+    keep = set(sorted(range(len(rows)), key=lambda i: -rows[i].macs)[:MAX_TABLE_ROWS])
+    shown = [r for i, r in enumerate(rows) if i in keep]
+    rest = [r for i, r in enumerate(rows) if i not in keep]
+    shown.append(LayerRow(name=f"({len(rest)} smaller layers)", op="", kind="", in_shape=None,
+                          out_shape=None, params=sum(r.params for r in rest),
+                          macs=sum(r.macs for r in rest)))
+    return shown, (f"{len(rows)} layers: the {MAX_TABLE_ROWS} with the most MACs are listed in "
+                   "order, the rest summed in one row; --all lists every layer (JSON, CSV and "
+                   "Markdown always do)")
+
+
+def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
+                         show_all: bool = False) -> list[RenderableType]:
     """Rich renderables of an analysis: layer table, operator summary, warnings, conventions."""
     timed = _timed(report)
     inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
@@ -58,9 +90,7 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
     cached = timed and any(source_cell(r.timing) for r in report.layers)
     if cached:
         t.add_column("source")
-    rows = report.layers
-    if depth is not None:
-        rows = _collapse(report, depth)
+    rows, collapsed = table_rows(report, depth, show_all)
     for i, r in enumerate(rows, 1):
         cells = [str(i), r.name, r.op, r.kind, shape_str(r.out_shape),
                  "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
@@ -73,6 +103,8 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None) ->
             cells.append(source_cell(r.timing))
         t.add_row(*cells)
     out: list[RenderableType] = [t, operator_table(report)]
+    if collapsed:
+        out.append(Text(f"note: {collapsed}", style="yellow"))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
     out.extend(_warnings(report))
     out.append(Text(CONVENTION_LINE, style="dim"))
@@ -243,7 +275,7 @@ def analysis_markdown(report: AnalysisReport) -> str:
 
 
 def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
-                    depth: int | None = None) -> str:
+                    depth: int | None = None, show_all: bool = False) -> str:
     """The report as text in ``fmt`` (table text is colourless, for files and tests)."""
     if fmt == "json":
         return json.dumps(analysis_dict(report), indent=2) + "\n"
@@ -251,6 +283,6 @@ def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
         return analysis_csv(report)
     if fmt == "markdown":
         return analysis_markdown(report)
-    return to_console_text(analysis_renderables(report, depth=depth), width)
+    return to_console_text(analysis_renderables(report, depth=depth, show_all=show_all), width)
 
 

@@ -71,12 +71,46 @@ def is_spec_path(source: str) -> bool:
     return source.lower().endswith((".yaml", ".yml"))
 
 
+def parse_model_args(items: tuple[str, ...] | list[str], where: str = "--model-arg") -> dict[str, Any]:
+    """``KEY=VALUE`` strings to keyword arguments; values are YAML scalars (``false`` -> False,
+    ``384`` -> 384, ``0.5``, ``null``, text). Bad forms are one ``InputError`` line."""
+    import re
+
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise InputError(f"{where} {item!r}: use KEY=VALUE with KEY a Python identifier, e.g. "
+                             "--model-arg aux_logits=false")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise InputError(f"{where} {item!r}: the value is not a YAML scalar ({e})") from e
+        if isinstance(value, (list, dict)):
+            raise InputError(f"{where} {item!r}: the value must be a scalar (a number, true/false, "
+                             "null or text), not a list or mapping")
+        if key in out:
+            raise InputError(f"{where}: {key!r} is given twice")
+        out[key] = value
+    return out
+
+
 def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
-                batch: int | None = None, memory_check: bool = True) -> Loaded:
+                batch: int | None = None, memory_check: bool = True,
+                model_args: dict[str, Any] | None = None) -> Loaded:
     """Load any SOURCE form. Bad specs raise ``InputError`` (exit 2); models that cannot be
-    loaded or built raise ``ModelError`` (exit 3); a run that would not fit in memory raises
-    ``ResourceError`` (exit 2) before allocating, unless ``memory_check`` is off.
+    loaded or built raise ``ModelError`` (exit 3). ``model_args`` are keyword arguments for
+    the builder of a named source (torchvision:, timm:, a class or factory function).
+    Nothing is allocated for inputs here: see :class:`Loaded`.
     """
+    kwargs = dict(model_args or {})
+    if kwargs and (is_spec_path(source) or source.lower().endswith(".pt2")):
+        raise InputError(f"{source}: --model-arg applies to models built by code (torchvision:, "
+                         "timm:, file.py:Name, package.module:Name); a spec or a .pt2 program "
+                         "is already built")
     if is_spec_path(source):
         if input_shape is not None:
             raise InputError(f"{source}: --input-shape applies to models; a spec declares its "
@@ -105,16 +139,16 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
     if not name:
         raise InputError(f"{source!r}: nothing after ':'; use e.g. model.py:Net")
     if prefix in ("torchvision", "tv"):
-        model = _torchvision(source, name)
+        model = _torchvision(source, name, kwargs)
         kind = "torchvision"
     elif prefix == "timm":
-        model = _timm(source, name)
+        model = _timm(source, name, kwargs)
         kind = "timm"
     elif prefix.endswith(".py"):
-        model = _instantiate(source, _attr_from_file(source, Path(prefix), name), name)
+        model = _instantiate(source, _attr_from_file(source, Path(prefix), name), name, kwargs)
         kind = "python"
     else:
-        model = _instantiate(source, _attr_from_module(source, prefix, name), name)
+        model = _instantiate(source, _attr_from_module(source, prefix, name), name, kwargs)
         kind = "python"
     return Loaded(source, name, model.eval(), [tuple(shape)], kind, memory_check=memory_check)
 
@@ -126,7 +160,11 @@ def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int,
     return s
 
 
-def _torchvision(source: str, name: str) -> nn.Module:
+def _args_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _torchvision(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         import torchvision
     except ImportError as e:
@@ -143,12 +181,13 @@ def _torchvision(source: str, name: str) -> nn.Module:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"{source}: torchvision has no classification model {name!r}{hint}")
     try:
-        return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(name, weights=None, **(kwargs or {}))
     except Exception as e:
-        raise ModelError(f"{source}: torchvision could not build it: {e}") from e
+        args = f" with {_args_text(kwargs)}" if kwargs else ""
+        raise ModelError(f"{source}: torchvision could not build it{args}: {_one_line(e)}") from e
 
 
-def _timm(source: str, name: str) -> nn.Module:
+def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         import timm
     except ImportError as e:
@@ -156,9 +195,10 @@ def _timm(source: str, name: str) -> nn.Module:
     except Exception as e:
         raise ModelError(f"{source}: timm is installed but fails to import ({_one_line(e)})") from e
     try:
-        return timm.create_model(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **(kwargs or {}))
     except Exception as e:
-        raise ModelError(f"{source}: timm could not build it: {type(e).__name__}: {e}") from e
+        args = f" with {_args_text(kwargs)}" if kwargs else ""
+        raise ModelError(f"{source}: timm could not build it{args}: {_one_line(e)}") from e
 
 
 def _attr_from_file(source: str, path: Path, attr: str) -> Any:
@@ -221,16 +261,21 @@ def _getattr(source: str, module: Any, attr: str, where: str) -> Any:
     return obj
 
 
-def _instantiate(source: str, obj: Any, name: str) -> nn.Module:
+def _instantiate(source: str, obj: Any, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    kwargs = kwargs or {}
     if isinstance(obj, nn.Module):
+        if kwargs:
+            raise InputError(f"{source}: {name!r} is a module instance: --model-arg needs a class "
+                             "or a factory function to pass them to")
         return obj
     if not callable(obj):
         raise ModelError(f"{source}: {name!r} is a {type(obj).__name__}, not an nn.Module, a "
                          "Module subclass or a factory function")
     try:
-        model = obj()
+        model = obj(**kwargs)
     except Exception as e:
-        raise ModelError(f"{source}: calling {name}() failed: {_one_line(e)}") from e
+        raise ModelError(f"{source}: calling {name}({_args_text(kwargs)}) failed: "
+                         f"{_one_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{source}: {name}() returned a {type(model).__name__}, not an nn.Module")
     return model
