@@ -426,6 +426,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
                              model_args=check.model_args)
         a = analyze_model(loaded.model, loaded.input_shapes,
                           make_inputs=lambda loaded=loaded: loaded.inputs,
+                          estimated_macs=loaded.estimated_macs,
                           source=check.model, name=check.name)
         metrics: dict[str, Any] = {"params": a.params, "macs": a.macs,
                                    "paper_macs": a.paper_macs, "flops": a.flops,

@@ -356,6 +356,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
         loaded.guard_memory("timing")
     report = analyze_model(loaded.model, loaded.input_shapes, count_on=count_on,
                            make_inputs=lambda: loaded.inputs, source=source, name=loaded.name,
+                           estimated_macs=loaded.estimated_macs,
                            dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
     run = None
     if cfg is not None:
@@ -480,7 +481,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
                 loaded.guard_memory("timing")
             report = compare_model(loaded.model, loaded.input_shapes, count_on=count_on,
                                    make_inputs=lambda: loaded.inputs, source=source,
-                                   name=loaded.name,
+                                   name=loaded.name, estimated_macs=loaded.estimated_macs,
                                    variant_names=variant_names, groups=groups, globs=globs,
                                    kernel_sizes=kernel_sizes or (), whole_model=not no_model)
         except Skip as e:

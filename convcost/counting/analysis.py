@@ -196,24 +196,29 @@ def build_hierarchy(model: nn.Module, records: dict[str, ModuleRecord],
 
 COUNT_ON = ("auto", "meta", "real")
 META_MIN_INPUT_ELEMENTS = 16 * 3 * 224 * 224  # about batch 16 at 224 x 224
-META_MIN_MODULES = 2000
+META_MIN_MACS = 10_000_000_000  # a real forward of this much costs about the meta imports
+META_MIN_MODULES = 800
 
 
-def choose_counting(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> str:
-    """``meta`` when a real forward would be expensive (a large input, or thousands of modules);
-    ``real`` otherwise: meta tensors cost a few seconds of one-time torch imports, more than a
-    small real forward."""
-    elements = sum(math.prod(s) for s in input_shapes)
-    if elements >= META_MIN_INPUT_ELEMENTS:
-        return META
+def choose_counting(model: nn.Module, input_shapes: list[tuple[int, ...]],
+                    estimated_macs: int | None = None) -> str:
+    """``meta`` when a real forward would be expensive; ``real`` otherwise: meta tensors cost a
+    few seconds of one-time torch imports (on a 2-core VM about 3.7 s), more than a small real
+    forward. Expensive: more than 10 G MACs by the closed form when it is known (specs), else an
+    input above about batch 16 at 224 x 224; or more than 800 modules (fvcore's JIT trace costs
+    about 3 ms per module)."""
     if sum(1 for _ in model.modules()) >= META_MIN_MODULES:
         return META
-    return "real"
+    if estimated_macs is not None:
+        return META if estimated_macs >= META_MIN_MACS else "real"
+    elements = sum(math.prod(s) for s in input_shapes)
+    return META if elements >= META_MIN_INPUT_ELEMENTS else "real"
 
 
 def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   dtype: str = "fp32", count_on: str = "auto",
-                  make_inputs: Callable[[], tuple[Any, ...]] | None = None) -> AnalysisReport:
+                  make_inputs: Callable[[], tuple[Any, ...]] | None = None,
+                  estimated_macs: int | None = None) -> AnalysisReport:
     """Count a model: params, MACs per module and operator, shapes per module.
 
     ``inputs`` are example tensors, or just their shapes. ``count_on``: ``meta`` runs a
@@ -225,7 +230,7 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     """
     shapes = [tuple(int(d) for d in (x.shape if hasattr(x, "shape") else x)) for x in inputs]
     notes: list[str] = []
-    how = choose_counting(model, shapes) if count_on == "auto" else count_on
+    how = choose_counting(model, shapes, estimated_macs) if count_on == "auto" else count_on
     counts = records = None
     if how == META:
         from convcost.counting.meta import MetaCountError

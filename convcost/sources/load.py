@@ -46,6 +46,15 @@ class Loaded:
     _inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
 
     @property
+    def estimated_macs(self) -> int | None:
+        """Closed-form conv + linear MACs of a spec (None for models: unknown before counting)."""
+        if self.spec is None:
+            return None
+        from convcost.sources.spec import conv_linear_macs
+
+        return conv_linear_macs(self.spec, self.input_shapes[0][0])
+
+    @property
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """Seeded random inputs of :attr:`input_shapes` (made once; the memory guard first)."""
         if self._inputs is None:

@@ -683,6 +683,31 @@ def build_model(spec: Spec) -> SpecModel:
     return model.eval()
 
 
+def conv_linear_macs(spec: Spec, batch: int | None = None) -> int:
+    """Closed-form conv + linear MACs of the spec at ``batch`` (an estimate of the cost of a real
+    forward; the counts convcost reports always come from the built module)."""
+    b = batch or spec.batch
+
+    def walk(layers: list[Layer]) -> int:
+        total = 0
+        for layer in layers:
+            op = layer.op
+            if isinstance(op, ConvOp):
+                out = 1
+                for d in layer.out_shape:
+                    out *= d
+                total += out * op.kernel[0] * op.kernel[1] * (op.in_channels // op.groups)
+            elif isinstance(op, LinearOp):
+                total += op.in_features * op.out_features
+            elif isinstance(op, AddOp):
+                total += walk(op.body) + walk(op.shortcut)
+            elif isinstance(op, ConcatOp):
+                total += sum(walk(br) for br in op.branches)
+        return total
+
+    return b * walk(spec.layers)
+
+
 def example_inputs(spec: Spec, batch: int | None = None,
                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """One random input per segment, shape ``(batch, *input_shape)``."""

@@ -218,6 +218,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   globs: tuple[str, ...] = (), kernel_sizes: tuple[int, ...] = (),
                   whole_model: bool = True, count_on: str = "auto",
                   make_inputs: Callable[[], tuple[Any, ...]] | None = None,
+                  estimated_macs: int | None = None,
                   progress: Callable[[str], None] | None = None) -> CompareReport:
     """Per-layer variant rows for the selected convs, and whole-model rows (every selected conv
     replaced by the variant where it is valid; the others kept and listed).
@@ -227,7 +228,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     divisor of each layer (model rows take the union).
     """
     analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
-                             make_inputs=make_inputs)
+                             make_inputs=make_inputs, estimated_macs=estimated_macs)
     how = META if analysis.counter == META else "real"
     shapes = [tuple(r) for r in analysis.input_shapes]
     real: list[tuple[Any, ...]] = []
