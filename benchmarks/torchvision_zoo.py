@@ -123,9 +123,10 @@ def main() -> None:
             f"on meta tensors at each configuration's inference resolution in {elapsed:.0f} s\n\n"
             f"**{ok_m} of {len(rows)}** configurations within `_ops`' 3-decimal rounding "
             f"(largest relative difference {100 * abs(worst['rel']):.3f}%, {worst['name']} "
-            f"{worst['weights']}); published `num_params` equal convcost's params (all, or those of "
-            f"the modules that run) in **{ok_p} of {len(rows)}**. \"All counted ops\" is convcost's default total (fvcore's "
-            "convention: norms and pooling included), 0-6% above the published figure.\n"
+            f"{worst['weights']}); published `num_params` equal convcost's params (all, or "
+            f"those of the modules that run) in **{ok_p} of {len(rows)}**. \"All counted ops\" "
+            "is convcost's default total (fvcore's convention: norms and pooling included), "
+            "0-6% above the published figure.\n"
             + ("\nFailed to build or count:\n" + "\n".join(f"- {f}" for f in fails) + "\n"
                if fails else "")
             + "\n" + "\n".join(table) + "\n")
