@@ -275,13 +275,11 @@ def _exit_for(run: Any) -> None:
         sys.exit(int(ExitStatus.INCOMPLETE))
 
 
-def _write_file(path: Path, text: str) -> None:
-    """Write where the user pointed; OS problems become one ``InputError`` line."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot write: {e.strerror or e}") from e
+def _write_file(path: Path, text: str, what: str = "output") -> None:
+    """Write where the user pointed, atomically; OS problems become one ``InputError`` line."""
+    from convcost.files import atomic_write_text
+
+    atomic_write_text(path, text, what)
 
 
 def _write_or_print(text: str, output: Path | None, console: Console) -> None:
@@ -603,14 +601,17 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
                                if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     if summary_path is not None:
-        try:
-            with summary_path.open("a", encoding="utf-8") as f:
-                f.write(budget_markdown(report))
-        except OSError as e:
-            raise InputError(f"{summary_path}: cannot append the summary: {e.strerror or e}") from e
+        from convcost.files import append_text
+
+        append_text(summary_path, budget_markdown(report))
     if update_baseline:
         target = baseline or b.baseline or budget.parent / ".convcost" / "baseline.json"
-        _write_file(target, json.dumps(baseline_document(report), indent=2) + "\n")
+        try:  # the baseline's folder is convcost's own (".convcost" by default): made if needed
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{target.parent}: cannot create the baseline's folder: "
+                             f"{e.strerror or e}") from e
+        _write_file(target, json.dumps(baseline_document(report), indent=2) + "\n", "baseline")
         click.echo(f"wrote baseline {target}", err=True)
     for r in report.failed:
         click.echo(r.message, err=True)

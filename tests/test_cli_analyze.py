@@ -111,7 +111,11 @@ def test_markdown_format():
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
 def test_output_file(tmp_path, fmt):
-    out = tmp_path / "sub" / f"report.{fmt}"
+    missing = tmp_path / "sub" / f"report.{fmt}"
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", fmt,
+                                 "-o", str(missing)])
+    assert r.exit_code == 2 and "does not exist; create it first" in r.stderr
+    out = tmp_path / f"report.{fmt}"
     r = CliRunner().invoke(cli, ["analyze", "--no-time", str(EXAMPLES / "tiny.yaml"), "-f", fmt,
                                  "-o", str(out)])
     assert r.exit_code == 0, r.output

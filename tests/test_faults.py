@@ -50,6 +50,7 @@ def test_writes_only_where_pointed(tmp_path):
         "XDG_CACHE_HOME", "MPLCONFIGDIR", "CONVCOST_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT))
     outdir = tmp_path / "out"
+    outdir.mkdir()
     cmds = [
         ["analyze", "net.py:TinyNet", "--input-shape", "1,3,32,32", "--max-time", "0.02",
          "-f", "json", "-o", str(outdir / "a.json"), "--export-spec", str(outdir / "s.yaml"),

@@ -97,11 +97,25 @@ def plot_analysis(report: Any, path: Path) -> Path:
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
+    """Render the PNG in memory and write it atomically (never a half-written image)."""
+    import io
+
+    from convcost.files import atomic_write_bytes
+
+    buf = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write the plot: {e.strerror or e}") from e
+        fig.savefig(buf, dpi=110, format="png")
     finally:
         plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue(), "plot")
     return path
+
+
+def check_plot_path(path: Path) -> None:
+    """Before any work: a .png name in a writable folder, and matplotlib importable."""
+    from convcost.files import check_destination
+
+    if path.suffix.lower() != ".png":
+        raise InputError(f"--plot {path}: plots are PNG images; use a name ending in .png")
+    check_destination(path, "plot")
+    _plt()

@@ -152,19 +152,12 @@ def load_yaml_text(text: str, source: str) -> Any:
 
 
 def read_text_file(path: str | Path, what: str = "file") -> str:
-    """Read a UTF-8 text file, turning every OS/encoding problem into one ``InputError`` line."""
+    """Read a UTF-8 text file (a regular file of at most 8 MiB), turning every OS/encoding
+    problem into one ``InputError`` line."""
+    from convcost.files import read_bounded
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such {what}")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, expected a {what}")
-    try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{p}: {size} bytes is too large for a {what} (limit {MAX_BYTES})")
-        data = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"{p}: cannot read: {e.strerror or e}") from e
+    data = read_bounded(p, MAX_BYTES, what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

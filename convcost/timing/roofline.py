@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from convcost.errors import InputError
+from convcost.files import atomic_write_text
 from convcost.paths import cache_dir
 from convcost.timing.device import DTYPES, Numerics, fingerprint, fingerprint_key, numerics
 from convcost.timing.harness import TimingConfig, measure_one
@@ -95,10 +97,12 @@ def save(peaks: Peaks) -> Path:
     data = load_all()
     data[peaks.key] = peaks.to_dict()
     path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path.parent}: the cache folder cannot be created "
+                         f"({e.strerror or e}); set CONVCOST_CACHE_DIR to a writable folder") from e
+    atomic_write_text(path, json.dumps(data, indent=2), "calibration cache")
     return path
 
 

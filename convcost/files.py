@@ -1,0 +1,107 @@
+"""Reading and writing files safely: bounded reads of regular files only, atomic writes.
+
+- Reads refuse anything that is not a regular file (a FIFO would block forever, ``/dev/zero``
+  would never end) and read at most ``limit`` bytes whatever ``st_size`` claims.
+- Writes go to a temporary file in the destination's folder, are flushed to disk, and renamed
+  over the destination: a reader sees the old file or the new one, never half of one, and a
+  failed write (full disk, file-size limit) leaves the old file intact.
+- Destinations are checked before long work (the folder exists and is writable).
+
+Every problem is one :class:`~convcost.errors.InputError` line naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from convcost.errors import InputError
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such {what}") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read: {_why(e)}") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{p}: is a directory, expected a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise InputError(f"{p}: is {kind}, expected a {what} (a regular file)")
+    if st.st_size > limit:
+        raise InputError(f"{p}: {st.st_size} bytes is too large for a {what} (limit {limit})")
+    try:
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InputError(f"{p}: cannot read: {_why(e)}") from e
+    if len(data) > limit:  # st_size lied (a file growing, a special file system)
+        raise InputError(f"{p}: more than {limit} bytes: too large for a {what}")
+    return data
+
+
+def check_destination(path: str | Path, what: str = "output") -> Path:
+    """Refuse, before any work, a destination whose folder is missing or not writable, or that
+    is a directory."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory; give a file name for the {what}")
+    if not parent.is_dir():
+        raise InputError(f"{p}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{p}: the folder {parent} is not writable")
+    if p.exists() and not p.is_file():
+        raise InputError(f"{p}: exists and is not a regular file; cannot write the {what} there")
+    return p
+
+
+def atomic_write_text(path: str | Path, text: str, what: str = "output") -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same folder,
+    flushed, then renamed over ``path``. On failure ``path`` is untouched."""
+    atomic_write_bytes(path, text.encode("utf-8"), what)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, what: str = "output") -> None:
+    p = check_destination(path, what)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):  # keep the old file's permissions when replacing
+            os.chmod(tmp, p.stat().st_mode & 0o777 if p.exists() else 0o644)
+        os.replace(tmp, p)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise InputError(f"{p}: cannot write the {what}: {_why(e)}; the previous file, if "
+                         "any, is unchanged") from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def append_text(path: str | Path, text: str, what: str = "summary") -> None:
+    """Append to a file that others also append to (``$GITHUB_STEP_SUMMARY``): one write."""
+    p = Path(path)
+    try:
+        with p.open("a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"{p}: cannot append the {what}: {_why(e)}") from e
