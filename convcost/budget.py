@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from convcost import __version__
 from convcost.errors import BudgetFileError, InputError
 from convcost.sources.yamlio import LineDict, load_yaml_file
-from convcost.units import human, parse_count, parse_duration_ms
+from convcost.units import human, parse_count, parse_duration_ms, parse_percent
 
 BUDGET_VERSION = 1
 METRICS = ("params", "macs", "paper_macs", "flops", "latency")
@@ -105,8 +106,7 @@ def _quantity(p: _P, metric: str, v: Any, node: Any, key: str, where: str,
     try:
         if regression:
             if isinstance(v, str) and v.strip().endswith("%"):
-                num = v.strip().lstrip("+").rstrip("%").strip()
-                return float(num) / 100.0, True
+                return parse_percent(v), True
             if isinstance(v, str):
                 v = v.strip().lstrip("+")
             return (parse_duration_ms(v) if metric == "latency" else parse_count(v)), False
@@ -221,9 +221,18 @@ def load_budget(path: str | Path) -> Budget:
             lat = LatencyTarget(device=str(src.get("device", defaults.get("device", "cpu"))),
                                 dtype=str(src.get("dtype", defaults.get("dtype", "fp32"))),
                                 batch=src.get("batch", defaults.get("batch")))
+            lw = f"{where}.limits.latency"
             if lat.dtype not in ("fp32", "tf32", "fp16", "bf16"):
                 raise p.err(f"latency dtype {lat.dtype!r}; use fp32, tf32, fp16 or bf16", src or c,
-                            "dtype", f"{where}.limits.latency")
+                            "dtype", lw)
+            if not re.fullmatch(r"cpu|cuda(:\d+)?", lat.device):
+                raise p.err(f"latency device {lat.device!r}; use cpu, cuda or cuda:N", src or c,
+                            "device", lw)
+            b = lat.batch
+            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not
+                                  1 <= b <= 1 << 20):
+                raise p.err(f"latency batch {b!r}: use a positive integer (at most {1 << 20})",
+                            src or c, "batch", lw)
         checks.append(Check(name, _resolve_model(model, path), inp, limits, regression, layers, lat,
                             where, dict(margs)))
     base = data.get("baseline")
@@ -275,6 +284,26 @@ class BudgetReport:
     results: list[Result] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # per check, for baselines
+    errors: list[tuple[str, int, str]] = field(default_factory=list)  # (check, exit status, why)
+    interrupted: bool = False
+    terminated: bool = False
+    not_checked: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """130/143 interrupted; 3 a model could not be measured; 2 a bad input; 1 a limit
+        exceeded; 0 otherwise."""
+        from convcost.errors import ExitStatus
+
+        if self.interrupted:
+            return int(ExitStatus.TERMINATED if self.terminated else ExitStatus.INTERRUPTED)
+        codes = {code for _, code, _ in self.errors}
+        for code in (int(ExitStatus.MODEL_ERROR), int(ExitStatus.BAD_INPUT)):
+            if code in codes:
+                return code
+        if codes:
+            return max(codes)
+        return int(ExitStatus.BUDGET_EXCEEDED) if self.failed else 0
 
     @property
     def failed(self) -> list[Result]:
@@ -331,14 +360,27 @@ def _threshold(lim: Limit, baseline: float | None) -> float:
 def load_baseline(path: Path | None) -> dict[str, Any] | None:
     if path is None or not path.exists():
         return None
+    from convcost.files import read_bounded
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(path, 64 * 1024 * 1024, "baseline").decode("utf-8"))
     except (OSError, ValueError) as e:
         raise BudgetFileError(f"{path}: baseline is not valid JSON ({e}); rewrite it with "
                               "convcost check --update-baseline") from e
     if not isinstance(data, dict) or not isinstance(data.get("checks"), dict):
         raise BudgetFileError(f"{path}: not a convcost baseline (no 'checks'); rewrite it with "
                               "convcost check --update-baseline")
+    for name, metrics in data["checks"].items():
+        if not isinstance(metrics, dict):
+            raise BudgetFileError(f"{path}: checks.{name} is not a mapping of metrics; rewrite "
+                                  "the baseline with convcost check --update-baseline")
+        for key in ("params", "macs", "paper_macs", "flops", "latency_ms"):
+            v = metrics.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or v < 0):
+                raise BudgetFileError(f"{path}: checks.{name}.{key} is {v!r}, not a count; "
+                                      "rewrite the baseline with convcost check "
+                                      "--update-baseline")
     return data
 
 
@@ -395,22 +437,95 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
                     "(and --update-baseline)")
 
 
-def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline: bool = False,
-               baseline_path: Path | None = None, max_time_s: float = 1.0,
-               memory_check: bool = True) -> BudgetReport:
-    """Load and count every check's model, time it where a latency limit asks for it, judge.
+@dataclass
+class CheckMeasure:
+    """What one check's model measured (sent back from its child process)."""
 
-    A model that cannot be loaded raises ``ModelError`` (exit 3). A latency limit for a device
-    that is absent here is skipped with a visible notice (CI usually has no GPU).
-    """
+    metrics: dict[str, Any]
+    layers: list[Any]
+    notices: list[str] = field(default_factory=list)
+
+
+def measure_check(check: Check, measure_latency: bool, max_time_s: float,
+                  memory_check: bool) -> CheckMeasure:
+    """Load and count one check's model, and time it when a latency limit asks for it (a job:
+    it runs in a child process, see :mod:`convcost.isolation`)."""
     import torch
 
     from convcost.counting.analysis import analyze_model
+    from convcost.isolation import phase
+    from convcost.memory import guard, tensor_estimate
     from convcost.sources.load import is_spec_path, load_source
     from convcost.timing.device import Numerics
     from convcost.timing.engine import TimingEngine
     from convcost.timing.harness import TimingConfig
     from convcost.timing.kernel import Kernel
+
+    shape = None if is_spec_path(check.model) else check.input
+    phase("loading the model")
+    loaded = load_source(check.model, input_shape=shape, memory_check=memory_check,
+                         model_args=check.model_args)
+    phase("counting the model")
+    a = analyze_model(loaded.model, loaded.input_shapes,
+                      make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,
+                      source=check.model, name=check.name)
+    metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "paper_macs": a.paper_macs,
+                               "flops": a.flops, "latency_ms": None, "model": check.model,
+                               "input_shapes": a.input_shapes}
+    notices: list[str] = []
+    if check.latency is not None:
+        lat = check.latency
+        dev = lat.device
+        if not measure_latency:
+            metrics["latency_skip"] = "latency not measured (--no-time)"
+            notices.append(f"{check.name}: latency limit skipped (--no-time)")
+        elif dev.startswith("cuda") and not torch.cuda.is_available():
+            metrics["latency_skip"] = f"device {dev} absent here"
+            notices.append(f"{check.name}: latency limit for {dev} skipped: no CUDA device on "
+                           "this machine")
+        else:
+            n = Numerics(dev if dev != "cuda" else "cuda:0", lat.dtype,
+                         channels_last=dev.startswith("cuda") and lat.dtype in ("fp16", "bf16"))
+            cfg = TimingConfig(numerics=n, max_time_s=max_time_s)
+            shapes = [tuple(s) for s in loaded.input_shapes]
+            if lat.batch:
+                shapes = [(lat.batch, *s[1:]) for s in shapes]
+            guard(3 * tensor_estimate(shapes), f"input {'x'.join(map(str, shapes[0]))} and its "
+                  "first activations", what=f"{check.name}: the latency measurement",
+                  device=n.device, enabled=memory_check)
+            phase("timing the model", None)
+            # a gate measures fresh: no latency table, no budget (the cap bounds it)
+            engine = TimingEngine(cfg, budget_s=None)
+            (key,) = engine.add_group([Kernel(loaded.model, shapes, None, a.macs,
+                                              f"model {check.name}", "model")], paired=False)
+            engine.run()
+            kr = engine.kernel(key)
+            if engine.interrupted:
+                raise KeyboardInterrupt
+            meas = kr.measurement
+            if meas is None or meas.median_ms is None:
+                err = kr.error or "not measured"
+                metrics["latency_skip"] = f"timing failed: {err}"
+                notices.append(f"{check.name}: latency could not be measured: {err}")
+            else:
+                metrics["latency_ms"] = meas.median_ms
+                metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
+                                      "n": meas.n, "converged": meas.converged}
+    return CheckMeasure(metrics, a.layers, notices)
+
+
+def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline: bool = False,
+               baseline_path: Path | None = None, max_time_s: float = 1.0,
+               memory_check: bool = True, timeout_s: float = 600.0) -> BudgetReport:
+    """Measure every check's model (each in its own child process), judge every limit.
+
+    Nothing is lost: a model that cannot be loaded, counted or timed (or whose code ends the
+    process) is an ``error`` row naming why, and the other checks go on; Ctrl-C or SIGTERM stop
+    after the finished checks (``report.interrupted``). A latency limit for a device that is
+    absent here is skipped with a visible notice (CI usually has no GPU).
+    """
+    from convcost import isolation
+    from convcost.errors import ConvcostError
 
     bpath = baseline_path or budget.baseline
     baseline = None if update_baseline else load_baseline(bpath)
@@ -420,54 +535,23 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     elif any(c.regression for c in budget.checks) and baseline is None:
         report.notices.append(f"no baseline at {bpath}: regression limits skipped; create it with "
                               "convcost check --update-baseline")
-    for check in budget.checks:
-        shape = None if is_spec_path(check.model) else check.input
-        loaded = load_source(check.model, input_shape=shape, memory_check=memory_check,
-                             model_args=check.model_args)
-        a = analyze_model(loaded.model, loaded.input_shapes,
-                          make_inputs=lambda loaded=loaded: loaded.inputs,
-                          estimated_macs=loaded.estimated_macs,
-                          source=check.model, name=check.name)
-        metrics: dict[str, Any] = {"params": a.params, "macs": a.macs,
-                                   "paper_macs": a.paper_macs, "flops": a.flops,
-                                   "latency_ms": None, "model": check.model,
-                                   "input_shapes": a.input_shapes}
-        if check.latency is not None:
-            lat = check.latency
-            dev = lat.device
-            if not measure_latency:
-                metrics["latency_skip"] = "latency not measured (--no-time)"
-                report.notices.append(f"{check.name}: latency limit skipped (--no-time)")
-            elif dev.startswith("cuda") and not torch.cuda.is_available():
-                metrics["latency_skip"] = f"device {dev} absent here"
-                report.notices.append(f"{check.name}: latency limit for {dev} skipped: no CUDA "
-                                      "device on this machine")
-            else:
-                n = Numerics(dev if dev != "cuda" else "cuda:0", lat.dtype,
-                             channels_last=dev.startswith("cuda") and lat.dtype in ("fp16", "bf16"))
-                cfg = TimingConfig(numerics=n, max_time_s=max_time_s)
-                shapes = [tuple(s) for s in loaded.input_shapes]
-                if lat.batch:
-                    shapes = [(lat.batch, *s[1:]) for s in shapes]
-                # a gate measures fresh: no latency table, no budget (the cap bounds it)
-                engine = TimingEngine(cfg, budget_s=None)
-                (key,) = engine.add_group([Kernel(loaded.model, shapes, None, a.macs,
-                                                  f"model {check.name}", "model")], paired=False)
-                engine.run()
-                kr = engine.kernel(key)
-                if engine.interrupted:
-                    raise KeyboardInterrupt
-                meas = kr.measurement
-                if meas is None or meas.median_ms is None:
-                    err = kr.error or "not measured"
-                    metrics["latency_skip"] = f"timing failed: {err}"
-                    report.notices.append(f"{check.name}: latency could not be measured: {err}")
-                else:
-                    metrics["latency_ms"] = meas.median_ms
-                    metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
-                                          "n": meas.n, "converged": meas.converged}
-        report.metrics[check.name] = {k: v for k, v in metrics.items() if k != "latency_skip"}
-        evaluate_check(check, metrics, a.layers, baseline, bpath, report)
+    for i, check in enumerate(budget.checks):
+        try:
+            m = isolation.call(measure_check, check, measure_latency, max_time_s, memory_check,
+                               isolate=True, label=check.model, timeout_s=timeout_s)
+        except ConvcostError as e:
+            report.results.append(Result(check.name, "model", "model", None, None, "error",
+                                         message=str(e)))
+            report.errors.append((check.name, int(e.exit_status), str(e)))
+            continue
+        except KeyboardInterrupt:
+            report.interrupted = True
+            report.terminated = isolation.TERMINATED["flag"]
+            report.not_checked = [c.name for c in budget.checks[i:]]
+            break
+        report.notices.extend(m.notices)
+        report.metrics[check.name] = {k: v for k, v in m.metrics.items() if k != "latency_skip"}
+        evaluate_check(check, m.metrics, m.layers, baseline, bpath, report)
     return report
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -36,8 +39,20 @@ class ConvcostGroup(click.Group):
         except KeyboardInterrupt:
             if _want_traceback(ctx):
                 raise
+            from convcost.isolation import TERMINATED
+
+            if TERMINATED["flag"]:
+                _err("terminated (SIGTERM) before any row was finished")
+                ctx.exit(int(ExitStatus.TERMINATED))
             _err("interrupted")
             ctx.exit(int(ExitStatus.INTERRUPTED))
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except OSError as e:
+            if e.errno not in _OUTPUT_ERRNOS or _want_traceback(ctx):
+                raise
+            _err(f"cannot write the report to standard output: {e.strerror or e}")
+            ctx.exit(int(ExitStatus.BAD_INPUT))
         except Exception as e:
             if _want_traceback(ctx):
                 raise
@@ -45,6 +60,17 @@ class ConvcostGroup(click.Group):
             _err(f"internal error: {type(e).__name__}: {msg[0] if msg else ''} "
                  "(a bug in convcost; rerun with --traceback and report it)")
             ctx.exit(int(ExitStatus.INTERNAL))
+
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EDQUOT}
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (``| head -1``): stop quietly with the shell's code for SIGPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    os._exit(int(ExitStatus.BROKEN_PIPE))
 
 
 def _want_traceback(ctx: click.Context) -> bool:
@@ -188,6 +214,14 @@ def model_arg_option(f: Callable) -> Callable:
                              "--model-arg aux_logits=false --model-arg image_size=384.")(f)
 
 
+def timeout_option(f: Callable) -> Callable:
+    return click.option("--timeout", type=FiniteFloat(1, 86400), default=600.0,
+                        show_default=True,
+                        help="Seconds allowed for loading and counting a model (its code runs in "
+                             "a separate process): a model that hangs ends with one line, "
+                             "exit 3.")(f)
+
+
 def count_on_option(f: Callable) -> Callable:
     return click.option("--count-on", "count_on", type=click.Choice(["auto", "meta", "real"]),
                         default="auto", show_default=True,
@@ -233,35 +267,48 @@ def timing_options(f: Callable) -> Callable:
     return f
 
 
-def _timing_config(device: str, dtype: str | None, channels_last: bool | None,
-                   threads: int | None, cold: bool, max_time: float, default_dtype: str = "fp32"):
-    from convcost.timing.device import Numerics, resolve_device
-    from convcost.timing.harness import TimingConfig
+def _timing_request(do_time: bool, device: str, dtype: str | None, channels_last: bool | None,
+                    threads: int | None, cold: bool, max_time: float, time_budget: float | None,
+                    fresh: bool) -> Any:
+    """What to time with, validated now (a bad --device is an error even with --no-time)."""
+    from convcost.jobs import TimingRequest
+    from convcost.timing.device import resolve_device
 
     dev = resolve_device(device)
-    dt = dtype or default_dtype
-    cl = channels_last if channels_last is not None else (dev.startswith("cuda")
-                                                         and dt in ("fp16", "bf16"))
-    return TimingConfig(numerics=Numerics(dev, dt, cl, threads), cold=cold, max_time_s=max_time)
+    if not do_time:
+        return None
+    return TimingRequest(dev, dtype, channels_last, threads, cold, max_time, time_budget, fresh)
 
 
-def _engine(cfg: Any, time_budget: float, fresh: bool, progress: Any) -> Any:
-    """The timing engine with the user's latency table (notices, never errors, if unusable)."""
-    from convcost.timing.engine import TimingEngine
-    from convcost.timing.table import LatencyTable
+def _check_outputs(**paths: Path | None) -> None:
+    """Refuse bad destinations before any work (a missing folder, a plot that is not .png,
+    matplotlib missing), not after minutes of timing."""
+    from convcost.files import check_destination
 
-    return TimingEngine(cfg, table=LatencyTable.open(), budget_s=time_budget, fresh=fresh,
-                        progress=progress)
+    for what, path in paths.items():
+        if path is None:
+            continue
+        if what == "plot":
+            from convcost.report.plot import check_plot_path
+
+            check_plot_path(path)
+        else:
+            check_destination(path, what.replace("_", " "))
 
 
-def _exit_for(run: Any) -> None:
+def _exit_for(run: Any, output: Path | None = None) -> None:
     """Non-zero exit after the report is out: 130 interrupted, 4 some measurements failed or
     did not fit in the time budget."""
     if run is None:
         return
     if run.interrupted:
-        _err("interrupted: the finished rows are reported above (and written to -o)")
-        sys.exit(int(ExitStatus.INTERRUPTED))
+        from convcost.isolation import TERMINATED
+
+        how = "terminated (SIGTERM)" if TERMINATED["flag"] else "interrupted"
+        where = "written to -o" if output is not None else "printed above"
+        _err(f"{how}: the finished rows are {where}; {len(run.missing)} measurement(s) were "
+             "not taken (listed in the report)")
+        sys.exit(int(ExitStatus.TERMINATED if TERMINATED["flag"] else ExitStatus.INTERRUPTED))
     problems = []
     if run.failures:
         problems.append(f"{len(run.failures)} measurement(s) failed (see the rows marked "
@@ -291,10 +338,12 @@ def _write_or_print(text: str, output: Path | None, console: Console) -> None:
 
 
 def stdout_console() -> Console:
-    """Rich console for standard output; wide when piped so tables are never truncated."""
-    console = Console(soft_wrap=False)
+    """Rich console for standard output; wide when piped so tables are never truncated. Markup
+    is off: layer and model names are printed as they are (a name like '[/]' is text)."""
+    console = Console(soft_wrap=False, markup=False, emoji=False, highlight=False)
     if not console.is_terminal:
-        console = Console(soft_wrap=False, width=200)
+        console = Console(soft_wrap=False, width=200, markup=False, emoji=False, highlight=False)
+    console.on_broken_pipe = _quiet_broken_pipe  # rich's own default exits 1 (= budget exceeded)
     return console
 
 
@@ -332,6 +381,7 @@ def cli() -> None:
 @timing_options
 @model_arg_option
 @count_on_option
+@timeout_option
 @memory_option
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
@@ -339,31 +389,21 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
             time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, ignore_memory: bool) -> None:
+            count_on: str, timeout: float, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
-    from convcost.counting.analysis import analyze_model
+    from convcost import isolation, jobs
     from convcost.report.analyze import analysis_renderables, render_analysis
-    from convcost.sources.load import load_source, parse_model_args
+    from convcost.report.progress import progress_for
+    from convcost.sources.load import parse_model_args
 
-    loaded = load_source(source, input_shape=input_shape, batch=batch,
-                         memory_check=not ignore_memory, model_args=parse_model_args(model_args))
-    spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
-    cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype) \
-        if do_time else None
-    if cfg is not None:  # refuse a timed run that cannot fit before any work
-        loaded.guard_memory("timing")
-    report = analyze_model(loaded.model, loaded.input_shapes, count_on=count_on,
-                           make_inputs=lambda: loaded.inputs, source=source, name=loaded.name,
-                           estimated_macs=loaded.estimated_macs,
-                           dtype=cfg.numerics.dtype if cfg else (dtype or spec_dtype))
-    run = None
-    if cfg is not None:
-        from convcost.report.progress import progress_for
-        from convcost.timing.measure import time_analysis
-
-        with progress_for("timing") as prog:
-            run = time_analysis(report, loaded.model, loaded.input_shapes,
-                                _engine(cfg, time_budget, fresh, prog))
+    _check_outputs(output=output, exported_spec=export_spec, plot=plot)
+    src = jobs.SourceRequest(source, input_shape, batch, parse_model_args(model_args),
+                             not ignore_memory, count_on)
+    timing = _timing_request(do_time, device, dtype, channels_last, threads, cold, max_time,
+                             time_budget, fresh)
+    result = isolation.call(jobs.run_analyze, src, timing, dtype, progress_for,
+                            isolate=jobs.needs_isolation(source), label=source, timeout_s=timeout)
+    report, run = result.report, result.run
     if plot is not None:
         from convcost.report.plot import plot_analysis
 
@@ -384,7 +424,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
     else:
         _write_or_print(render_analysis(report, fmt, depth=depth, show_all=show_all), output,
                         console)
-    _exit_for(run)
+    _exit_for(run, output)
 
 
 @cli.command()
@@ -420,6 +460,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 @timing_options
 @model_arg_option
 @count_on_option
+@timeout_option
 @memory_option
 @_common
 def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
@@ -429,7 +470,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
             time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, ignore_memory: bool) -> None:
+            count_on: str, timeout: float, ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -437,19 +478,26 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
     --kernel, --size, --stride, --batch). With SOURCE (spec or model): every Conv2d (or those
     picked by --layers / --kernel-size), and the whole model with each variant substituted.
     """
+    from convcost import isolation, jobs
     from convcost.report.compare import compare_renderables, render_compare
-    from convcost.sources.load import load_source
-    from convcost.variants.catalogue import ConvLayer, Skip, expand_variants, valid_groups
-    from convcost.variants.compare import DEFAULT_LAYER, compare_default, compare_model
+    from convcost.report.progress import progress_for
+    from convcost.variants.catalogue import ConvLayer, expand_variants, valid_groups
+    from convcost.variants.compare import DEFAULT_LAYER
 
+    _check_outputs(output=output, plot=plot)
+    if model_only and no_model:
+        raise InputError("--model-only and --no-model exclude each other: the first prints only "
+                         "the whole-model rows, the second skips them")
     ctx = click.get_current_context()
     layer_opts = [p for p in ("cin", "cout", "kernel", "size", "stride")
                   if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     globs = tuple(g for item in layer_globs for g in item.split(",") if g)
+    timing = _timing_request(do_time, device, dtype, channels_last, threads, cold, max_time,
+                             time_budget, fresh)
     if source is None:
-        if globs or kernel_sizes or input_shape or model_only or no_model:
-            raise InputError("--layers, --kernel-size, --input-shape, --model-only and --no-model "
-                             "need a SOURCE")
+        if globs or kernel_sizes or input_shape or model_only or no_model or model_args:
+            raise InputError("--layers, --kernel-size, --input-shape, --model-only, --no-model "
+                             "and --model-arg need a SOURCE")
         if kernel > size:
             raise InputError(f"--kernel {kernel} is larger than --size {size}")
         layer = ConvLayer(cin, cout, (kernel, kernel), (stride, stride), (kernel // 2,) * 2,
@@ -462,40 +510,22 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
               f"{'x'.join(map(str, layer.output_shape))}, twice", what="the built-in layer",
               enabled=not ignore_memory)
         gs = groups if groups is not None else tuple(valid_groups(layer))
-        report = compare_default(layer, expand_variants(variant_names, gs))
-        model = inputs = None
-        spec_dtype = "fp32"
+        result = isolation.call(jobs.run_compare_layer, layer, expand_variants(variant_names, gs),
+                                timing, progress_for, isolate=False, label="the built-in layer")
     else:
         if layer_opts:
             raise InputError(f"--{layer_opts[0].replace('cin', 'in').replace('cout', 'out')} "
                              "describes the built-in layer; with a SOURCE the layers come from it")
         from convcost.sources.load import parse_model_args
 
-        loaded = load_source(source, input_shape=input_shape, batch=batch,
-                             memory_check=not ignore_memory,
-                             model_args=parse_model_args(model_args))
-        try:
-            if do_time:
-                loaded.guard_memory("timing")
-            report = compare_model(loaded.model, loaded.input_shapes, count_on=count_on,
-                                   make_inputs=lambda: loaded.inputs, source=source,
-                                   name=loaded.name, estimated_macs=loaded.estimated_macs,
-                                   variant_names=variant_names, groups=groups, globs=globs,
-                                   kernel_sizes=kernel_sizes or (), whole_model=not no_model)
-        except Skip as e:
-            raise InputError(f"{source}: {e}") from e
-        model, inputs = loaded.model, loaded.input_shapes
-        spec_dtype = loaded.spec.dtype if loaded.spec and loaded.spec.dtype else "fp32"
-    run = None
-    if do_time:
-        from convcost.timing.measure import time_compare
-
-        cfg = _timing_config(device, dtype, channels_last, threads, cold, max_time, spec_dtype)
-        report.dtype = cfg.numerics.dtype
-        from convcost.report.progress import progress_for
-
-        with progress_for("timing") as prog:
-            run = time_compare(report, _engine(cfg, time_budget, fresh, prog), model, inputs)
+        src = jobs.SourceRequest(source, input_shape, batch, parse_model_args(model_args),
+                                 not ignore_memory, count_on)
+        what = jobs.CompareRequest(variant_names, groups, globs, kernel_sizes or (),
+                                   not no_model)
+        result = isolation.call(jobs.run_compare, src, what, timing, progress_for,
+                                isolate=jobs.needs_isolation(source), label=source,
+                                timeout_s=timeout)
+    report, run = result.report, result.run
     if plot is not None:
         from convcost.report.plot import plot_compare
 
@@ -508,7 +538,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
     else:
         _write_or_print(render_compare(report, fmt, per_layer=not model_only), output,
                         stdout_console())
-    _exit_for(run)
+    _exit_for(run, output)
 
 
 @cli.command()
@@ -525,6 +555,7 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 
     import torch
 
+    from convcost.paths import cache_dir
     from convcost.timing.device import resolve_device
     from convcost.timing.roofline import calibrate as run_calibrate
     from convcost.timing.roofline import save
@@ -532,11 +563,25 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
+    folder = cache_dir()
+    try:  # say before the measurement, not after it, that the result cannot be kept
+        folder.mkdir(parents=True, exist_ok=True)
+        usable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        click.echo(f"notice: the cache folder {folder} cannot be used; the peaks will be "
+                   "printed but not kept (set CONVCOST_CACHE_DIR to a writable folder)", err=True)
     peaks = run_calibrate(dev, copy_mib=64 if quick else None, gemm_n=512 if quick else None,
                           max_time_s=0.3 if quick else 1.0)
-    path = save(peaks)
+    path = None
+    if usable:
+        try:
+            path = save(peaks)
+        except InputError as e:
+            click.echo(f"notice: {e}; the peaks are printed but not kept", err=True)
     if fmt == "json":
-        click.echo(json.dumps({**peaks.to_dict(), "cache": str(path)}, indent=2))
+        click.echo(json.dumps({**peaks.to_dict(), "cache": str(path) if path else None}, indent=2))
         return
     click.echo(f"device:     {peaks.name} ({peaks.device})")
     click.echo(f"bandwidth:  {peaks.bandwidth_gbs:,.1f} GB/s (copy, read + write)")
@@ -545,7 +590,7 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
     for k, v in peaks.details.items():
         if k.startswith("gemm_error"):
             click.echo(f"{k}: {v}")
-    click.echo(f"cached in {path} (key: {peaks.key})")
+    click.echo(f"cached in {path} (key: {peaks.key})" if path else "not cached")
 
 
 @cli.command()
@@ -563,17 +608,19 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 @click.option("--update-baseline", is_flag=True,
               help="Write the current figures as the new baseline.")
 @click.option("--no-time", is_flag=True, help="Skip latency limits (with a notice).")
-@click.option("--max-time", type=click.FloatRange(0.001, 3600), default=1.0, show_default=True,
+@click.option("--max-time", type=FiniteFloat(0.001, 3600), default=1.0, show_default=True,
               help="Time cap per latency measurement, in seconds.")
+@timeout_option
 @memory_option
 @_common
 def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summary: Path | None,
           baseline: Path | None, update_baseline: bool, no_time: bool, max_time: float,
-          ignore_memory: bool) -> None:
+          timeout: float, ignore_memory: bool) -> None:
     """Check models against the size and latency budgets in BUDGET (a YAML file).
 
     Exit 0 when every limit holds (warnings allowed), 1 when one is exceeded, 2 for a bad
-    budget file, 3 when a model cannot be loaded.
+    budget file, 3 when a model cannot be loaded (the other checks still run, and the report,
+    JUnit and summary are always written).
     """
     import json
     import os
@@ -581,10 +628,13 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     from convcost.budget import baseline_document, limits_document, load_budget, run_budget
     from convcost.report.check import budget_dict, budget_junit, budget_markdown, budget_renderables
 
+    summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
+                               if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    _check_outputs(output=output, junit_report=junit, summary=summary_path)
     b = load_budget(budget)
     report = run_budget(b, measure_latency=not no_time, update_baseline=update_baseline,
                         baseline_path=baseline, max_time_s=max_time,
-                        memory_check=not ignore_memory)
+                        memory_check=not ignore_memory, timeout_s=timeout)
     doc = budget_dict(report, limits_document(b))
     if fmt == "json":
         _write_or_print(json.dumps(doc, indent=2) + "\n", output, stdout_console())
@@ -598,13 +648,13 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     if junit is not None:
         _write_file(junit, budget_junit(report))
         click.echo(f"wrote {junit}", err=True)
-    summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
-                               if os.environ.get("GITHUB_STEP_SUMMARY") else None)
     if summary_path is not None:
         from convcost.files import append_text
 
         append_text(summary_path, budget_markdown(report))
-    if update_baseline:
+    if update_baseline and (report.errors or report.interrupted):
+        click.echo("notice: the baseline was not updated: not every check was measured", err=True)
+    elif update_baseline:
         target = baseline or b.baseline or budget.parent / ".convcost" / "baseline.json"
         try:  # the baseline's folder is convcost's own (".convcost" by default): made if needed
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -613,10 +663,17 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
                              f"{e.strerror or e}") from e
         _write_file(target, json.dumps(baseline_document(report), indent=2) + "\n", "baseline")
         click.echo(f"wrote baseline {target}", err=True)
+    for _, _, why in report.errors:
+        _err(why)
     for r in report.failed:
         click.echo(r.message, err=True)
-    if report.failed:
-        sys.exit(int(ExitStatus.BUDGET_EXCEEDED))
+    if report.interrupted:
+        _err(f"{'terminated' if report.terminated else 'interrupted'}: "
+             f"{len(report.not_checked)} check(s) not run ({', '.join(report.not_checked[:5])}); "
+             "the finished ones are reported" + (" and written" if output or junit else ""))
+    code = report.exit_status
+    if code:
+        sys.exit(code)
 
 
 @cli.group()
@@ -673,6 +730,7 @@ def cache_export(file: Path, fmt: str | None) -> None:
     if fmt is None:
         raise InputError(f"{file}: cannot tell the format from the extension; use .json or .csv, "
                          "or --format json|csv")
+    _check_outputs(export=file)
     t = _open_table()
     rows = t.kernels()
     _write_file(file, cache_json(rows, str(t.path)) if fmt == "json" else cache_csv(rows))
@@ -697,9 +755,52 @@ def cache_path() -> None:
     click.echo(str(default_path()))
 
 
+def _safe_streams() -> None:
+    """Standard streams that never fail on encoding: characters the terminal's encoding cannot
+    show (PYTHONIOENCODING=ascii and a non-ASCII name) are written as backslash escapes."""
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            s.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="convcost")
+    from convcost import isolation
+
+    _safe_streams()
+    isolation.DEFAULT_MODE["mode"] = "fork"  # this process computes nothing before it forks
+    try:
+        rv = cli.main(args=argv, prog_name="convcost", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except click.exceptions.Abort:
+        _err("aborted")
+        code = int(ExitStatus.INTERRUPTED)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    else:  # click returns the exit code (ctx.exit) or the command's value (None)
+        code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    _flush_or_fail()
+    sys.exit(code)
+
+
+def _flush_or_fail() -> None:
+    """Flush standard output now, where a failure can still be reported (not at interpreter
+    exit, where Python prints 'Exception ignored' and exits 120)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except OSError as e:
+        _err(f"cannot write the report to standard output: {e.strerror or e}")
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(int(ExitStatus.BAD_INPUT))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,8 @@ class ExitStatus(IntEnum):
     INCOMPLETE = 4  # some rows failed; the finished ones were kept and reported
     INTERNAL = 70  # a bug in convcost (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C; finished rows were kept and reported
+    BROKEN_PIPE = 141  # the reader of standard output went away (128 + SIGPIPE), quietly
+    TERMINATED = 143  # SIGTERM (CI cancellation, timeouts); finished rows were kept
 
 
 class ConvcostError(Exception):

@@ -66,7 +66,10 @@ def parse_count(text: str | int | float) -> float:
         raise ValueError(
             f"{text!r} is not a count; use a number with an optional k/M/G/T prefix, e.g. '25M'"
         )
-    return float(m.group(1)) * _PREFIX_VALUE[m.group(2)]
+    v = float(m.group(1)) * _PREFIX_VALUE[m.group(2)]
+    if not math.isfinite(v):
+        raise ValueError(f"{text!r} is not a finite count")
+    return v
 
 
 _TIME_UNITS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
@@ -84,4 +87,21 @@ def parse_duration_ms(text: str | int | float) -> float:
     m = _TIME.match(str(text))
     if not m:
         raise ValueError(f"{text!r} is not a duration; use e.g. '12 ms', '800 us', '0.5 s'")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    v = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    if not math.isfinite(v):
+        raise ValueError(f"{text!r} is not a finite duration")
+    return v
+
+
+_PERCENT = re.compile(r"^\s*\+?\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*%\s*$")
+
+
+def parse_percent(text: str) -> float:
+    """'+5%' -> 0.05 (a finite, non-negative percentage); raises ValueError otherwise."""
+    m = _PERCENT.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a percentage such as '+5%'")
+    v = float(m.group(1)) / 100.0
+    if not math.isfinite(v):
+        raise ValueError(f"{text!r} is not a finite percentage")
+    return v

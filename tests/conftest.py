@@ -54,6 +54,14 @@ def write_spec(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True)
+def in_process_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test process runs torch code all the time, so forking it is unsafe (GNU OpenMP);
+    tests run model code in-process unless they set CONVCOST_ISOLATION themselves. The fork
+    path is tested through real `python -m convcost` processes, spawn through CliRunner."""
+    monkeypatch.setenv("CONVCOST_ISOLATION", "off")
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own cache directory (latency table, peaks): no test reuses another's
     measurements and the user's ~/.cache is never touched. Subprocesses inherit it."""

@@ -159,7 +159,7 @@ def test_torch_export_program_loads(tmp_path):
     ("missing.py:Net", "no such file"),
     (f"{FIX}:Nope", "has no attribute 'Nope'"),
     (f"{FIX}:raising_factory", "factory exploded on purpose"),
-    (f"{FIX}:NOT_A_MODULE", "is a int, not an nn.Module"),
+    (f"{FIX}:NOT_A_MODULE", "is a int; a SOURCE names an nn.Module instance"),
     (f"{FIX}:returns_a_string", "returned a str, not an nn.Module"),
     (f"{FIX}:NeedsArgs", "calling NeedsArgs() failed: TypeError"),
     (f"{ROOT}/tests/fixtures/raises_on_import.py:X", "importing"),

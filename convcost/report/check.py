@@ -46,26 +46,31 @@ def budget_renderables(report: Any) -> list[RenderableType]:
                   Text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict]))
     out: list[RenderableType] = [t]
     for r in report.results:
-        if r.verdict in ("fail", "warn"):
+        if r.verdict in ("fail", "warn", "error"):
             out.append(Text(r.message, style=_VERDICT_STYLE[r.verdict]))
         elif r.verdict == "skip":
             out.append(Text(f"SKIP {r.check}: {r.metric}: {r.message}", style="dim"))
     for n in report.notices:
         out.append(Text(f"notice: {n}", style="cyan"))
-    nf, nw = len(report.failed), len(report.warned)
+    nf, nw, ne = len(report.failed), len(report.warned), len(report.errors)
     summary = (f"{nf} failed, {nw} warned, {sum(r.verdict == 'pass' for r in report.results)} "
-               f"passed, {sum(r.verdict == 'skip' for r in report.results)} skipped")
-    out.append(Text(("FAILED: " if nf else "PASSED: ") + summary,
-                    style="bold red" if nf else "bold green"))
+               f"passed, {sum(r.verdict == 'skip' for r in report.results)} skipped"
+               + (f", {ne} check(s) could not be measured" if ne else ""))
+    bad = nf or ne or report.interrupted
+    out.append(Text(("FAILED: " if bad else "PASSED: ") + summary,
+                    style="bold red" if bad else "bold green"))
     return out
 
 
 def budget_dict(report: Any, limits: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION, "tool": report_meta(), "budget": report.budget,
-        "passed": not report.failed, "conventions": CONVENTIONS,
+        "passed": not report.failed and not report.errors and not report.interrupted,
+        "exit_status": report.exit_status, "conventions": CONVENTIONS,
         "summary": {v: sum(r.verdict == v for r in report.results)
-                    for v in ("pass", "warn", "fail", "skip")},
+                    for v in ("pass", "warn", "fail", "skip", "error")},
+        "errors": [{"check": c, "exit_status": code, "message": m} for c, code, m in report.errors],
+        "interrupted": report.interrupted, "not_checked": report.not_checked,
         "results": [{
             "check": r.check, "metric": r.metric, "scope": r.scope, "kind": r.kind,
             "actual": r.actual, "threshold": r.threshold, "baseline": r.baseline,
@@ -86,13 +91,16 @@ def budget_junit(report: Any) -> str:
 
     suite = ET.Element("testsuite", name="convcost", tests=str(len(report.results)),
                        failures=str(len(report.failed)),
-                       skipped=str(sum(r.verdict == "skip" for r in report.results)), errors="0")
+                       skipped=str(sum(r.verdict == "skip" for r in report.results)),
+                       errors=str(sum(r.verdict == "error" for r in report.results)))
     for r in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"convcost.{r.check}",
                              name=f"{r.metric}{'' if r.scope == 'model' else ' ' + r.scope}"
                                   f"{' (regression)' if r.kind == 'regression' else ''}")
         detail = f"actual {fmt_metric(r.metric, r.actual)}, limit {_limit_text(r)}"
-        if r.verdict == "fail":
+        if r.verdict == "error":
+            ET.SubElement(case, "error", message=r.message, type="ModelError").text = r.message
+        elif r.verdict == "fail":
             ET.SubElement(case, "failure", message=r.message, type="BudgetExceeded").text = detail
         elif r.verdict == "skip":
             ET.SubElement(case, "skipped", message=r.message)
@@ -107,18 +115,19 @@ def budget_junit(report: Any) -> str:
 def budget_markdown(report: Any) -> str:
     from convcost.budget import fmt_metric
 
-    icon = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
+    icon = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip",
+            "error": "**ERROR**"}
     rows = []
     for r in report.results:
         h = r.headroom_pct()
         rows.append([r.check, r.metric + (" (regression)" if r.kind == "regression" else ""),
                      r.scope, fmt_metric(r.metric, r.actual), _limit_text(r),
                      "" if h is None else f"{h:+.1f}%", icon.get(r.verdict, r.verdict)])
-    nf = len(report.failed)
+    nf = len(report.failed) + len(report.errors) + int(report.interrupted)
     parts = [f"### convcost check: {'FAILED' if nf else 'passed'} ({report.budget})", "",
              md_table(["check", "metric", "scope", "actual", "limit", "headroom", "verdict"],
                       rows, "lllrlrl")]
-    msgs = [r.message for r in report.results if r.verdict in ("fail", "warn")]
+    msgs = [r.message for r in report.results if r.verdict in ("fail", "warn", "error")]
     if msgs:
         parts += [""] + [f"- {m}" for m in msgs]
     if report.notices:

@@ -36,6 +36,7 @@ def pct(part: int | float, whole: int | float) -> str:
 def to_console_text(renderables: Iterable[RenderableType], width: int = 160) -> str:
     """Render rich objects to plain text (no colour, fixed width): files and golden tests."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                      markup=False, emoji=False, highlight=False,
                       legacy_windows=False, soft_wrap=False)
     for r in renderables:
         console.print(r)

@@ -26,9 +26,10 @@ class RichProgress:
         )
 
         self.what, self.unit = what, unit
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+        self.p = Progress(TextColumn("{task.description}", markup=False,
+                                     style="bold"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
-                          TimeRemainingColumn(), TextColumn("{task.fields[item]}"),
+                          TimeRemainingColumn(), TextColumn("{task.fields[item]}", markup=False),
                           console=Console(stderr=True), transient=True)
         self.task: Any = None
 

@@ -159,6 +159,10 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
     else:
         model = _instantiate(source, _attr_from_module(source, prefix, name), name, kwargs)
         kind = "python"
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"{source}: a TorchScript module (torch.jit.script/trace) cannot be "
+                         "analyzed: convcost needs the Python module to record shapes per layer; "
+                         "point at the class or at a factory that builds the eager module")
     return Loaded(source, name, model.eval(), [tuple(shape)], kind, memory_check=memory_check)
 
 
@@ -277,9 +281,18 @@ def _instantiate(source: str, obj: Any, name: str, kwargs: dict[str, Any] | None
             raise InputError(f"{source}: {name!r} is a module instance: --model-arg needs a class "
                              "or a factory function to pass them to")
         return obj
-    if not callable(obj):
-        raise ModelError(f"{source}: {name!r} is a {type(obj).__name__}, not an nn.Module, a "
-                         "Module subclass or a factory function")
+    import inspect
+
+    is_module_class = isinstance(obj, type) and issubclass(obj, nn.Module)
+    is_factory = inspect.isfunction(obj) or inspect.ismethod(obj) or (
+        hasattr(obj, "func") and inspect.isfunction(getattr(obj, "func", None)))  # partial
+    if not (is_module_class or is_factory):
+        what = ("a built-in function" if inspect.isbuiltin(obj) else
+                "a class that is not an nn.Module" if isinstance(obj, type) else
+                f"a {type(obj).__name__}")
+        raise ModelError(f"{source}: {name!r} is {what}; a SOURCE names an nn.Module instance, "
+                         "an nn.Module subclass or a Python function that builds one (nothing "
+                         "else is called)")
     try:
         model = obj(**kwargs)
     except Exception as e:
@@ -332,6 +345,9 @@ def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True)
     path = Path(source)
     if not path.is_file():
         raise ModelError(f"{source}: no such file")
+    from convcost.sources.pt2_guard import check_archive
+
+    check_archive(path)  # before torch sees it: nothing in the archive may run as code
     try:
         with tensors_only_unpickling():
             ep = torch.export.load(str(path))

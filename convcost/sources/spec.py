@@ -44,7 +44,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 TOP_KEYS = ("name", "description", "input", "batch", "dtype", "layers")
 LAYER_KEYS = ("name", "input")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")  # used with fullmatch (no trailing newline)
+# names that would shadow nn.Module's own attributes when the layer becomes a submodule
+RESERVED_NAMES = frozenset(n for n in dir(nn.Module) if not n.startswith("__"))
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -289,9 +291,13 @@ def _parse_layer(ctx: _Ctx, raw: Any, path: str, index: int, in_shape: Shape | N
             name = f"{op}{counters[op]}"
             if name not in names:
                 break
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ctx.err(f"value {_describe(name)} must be a name of letters, digits, '_' or '-' "
                       "starting with a letter or '_'", node=raw, key="name", layer=path)
+    if name in RESERVED_NAMES:
+        raise ctx.err(f"value {name!r} is the name of an nn.Module attribute (the layer becomes "
+                      f"a submodule of that name); pick another, e.g. {name}_", node=raw,
+                      key="name", layer=path)
     if name in ("shortcut",) or re.fullmatch(r"branch\d+", name):
         raise ctx.err(f"value {name!r} is reserved inside blocks; pick another name", node=raw,
                       key="name", layer=path)

@@ -1,0 +1,195 @@
+"""The work behind each command, as plain functions of plain requests: load a source, count it,
+time it. They return report dataclasses and never print (progress goes through the factory the
+caller passes). :func:`convcost.isolation.call` runs them in a child process for sources that
+execute user code; the CLI renders what they return."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from convcost.isolation import TIMING_MARGIN_S, phase
+
+ProgressFactory = Callable[[str], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class TimingRequest:
+    """How to time (device already validated). ``dtype`` None: the spec's, else fp32."""
+
+    device: str
+    dtype: str | None
+    channels_last: bool | None
+    threads: int | None
+    cold: bool
+    max_time_s: float
+    budget_s: float | None
+    fresh: bool = False
+    use_table: bool = True
+
+    def config(self, default_dtype: str = "fp32") -> Any:
+        from convcost.timing.device import Numerics
+        from convcost.timing.harness import TimingConfig
+
+        dt = self.dtype or default_dtype
+        cl = self.channels_last if self.channels_last is not None else (
+            self.device.startswith("cuda") and dt in ("fp16", "bf16"))
+        return TimingConfig(numerics=Numerics(self.device, dt, cl, self.threads), cold=self.cold,
+                            max_time_s=self.max_time_s)
+
+    def engine(self, cfg: Any, progress: Any) -> Any:
+        from convcost.timing.engine import TimingEngine
+        from convcost.timing.table import LatencyTable
+
+        table = LatencyTable.open() if self.use_table else LatencyTable.disabled()
+        return TimingEngine(cfg, table=table, budget_s=self.budget_s, fresh=self.fresh,
+                            progress=progress)
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    source: str
+    input_shape: tuple[int, ...] | None = None
+    batch: int | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    memory_check: bool = True
+    count_on: str = "auto"
+
+
+@dataclass
+class Result:
+    """A command's report (AnalysisReport or CompareReport) and its timing run, if timed."""
+
+    report: Any
+    run: Any = None
+
+
+def needs_isolation(source: str | None) -> bool:
+    """Sources that run user code (everything but a YAML spec and the built-in layer)."""
+    from convcost.sources.load import is_spec_path
+
+    return source is not None and not is_spec_path(source)
+
+
+def _load(src: SourceRequest) -> Any:
+    from convcost.sources.load import load_source
+
+    phase("loading the model")
+    return load_source(src.source, input_shape=src.input_shape, batch=src.batch,
+                       memory_check=src.memory_check, model_args=src.model_args)
+
+
+def _spec_dtype(loaded: Any) -> str:
+    return loaded.spec.dtype if loaded.spec is not None and loaded.spec.dtype else "fp32"
+
+
+def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | None,
+                progress: ProgressFactory | None = None) -> Result:
+    """Load, count and (when ``timing``) time SOURCE: the analyze command's work."""
+    from convcost.counting.analysis import analyze_model
+
+    loaded = _load(src)
+    cfg = timing.config(_spec_dtype(loaded)) if timing else None
+    if cfg is not None:  # refuse a timed run that cannot fit before any work
+        loaded.guard_memory("timing")
+    phase("counting the model")
+    report = analyze_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+                           make_inputs=lambda: loaded.inputs, source=src.source,
+                           name=loaded.name, estimated_macs=loaded.estimated_macs,
+                           dtype=cfg.numerics.dtype if cfg else (dtype or _spec_dtype(loaded)))
+    run = None
+    if timing is not None:
+        from convcost.timing.measure import time_analysis
+
+        phase("timing the model", _timing_allowance(timing))
+        with _progress(progress) as prog:
+            run = time_analysis(report, loaded.model, loaded.input_shapes,
+                                timing.engine(cfg, prog))
+    return Result(report, run)
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """What to compare: variants of the selected convs (and whole models) of a source."""
+
+    variant_names: tuple[str, ...]
+    groups: tuple[int, ...] | None
+    globs: tuple[str, ...] = ()
+    kernel_sizes: tuple[int, ...] = ()
+    whole_model: bool = True
+
+
+def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest | None,
+                progress: ProgressFactory | None = None) -> Result:
+    """Load SOURCE, count every variant of its selected convs and the substituted models, and
+    time them (paired): the compare command's work for a SOURCE."""
+    from convcost.errors import InputError
+    from convcost.variants.catalogue import Skip
+    from convcost.variants.compare import compare_model
+
+    loaded = _load(src)
+    if timing is not None:
+        loaded.guard_memory("timing")
+    phase("counting the model and its variants")
+    try:
+        report = compare_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+                               make_inputs=lambda: loaded.inputs, source=src.source,
+                               name=loaded.name, estimated_macs=loaded.estimated_macs,
+                               variant_names=what.variant_names, groups=what.groups,
+                               globs=what.globs, kernel_sizes=what.kernel_sizes,
+                               whole_model=what.whole_model)
+    except Skip as e:
+        raise InputError(f"{src.source}: {e}") from e
+    run = None
+    if timing is not None:
+        run = _time_compare(report, timing, _spec_dtype(loaded), loaded.model,
+                            loaded.input_shapes, progress)
+    return Result(report, run)
+
+
+def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | None,
+                      progress: ProgressFactory | None = None) -> Result:
+    """compare without a SOURCE: the variants of one standalone conv (no user code)."""
+    from convcost.variants.compare import compare_default
+
+    report = compare_default(layer, variants)
+    run = _time_compare(report, timing, "fp32", None, None, progress) if timing else None
+    return Result(report, run)
+
+
+def _time_compare(report: Any, timing: TimingRequest, default_dtype: str, model: Any,
+                  shapes: Any, progress: ProgressFactory | None) -> Any:
+    from convcost.timing.measure import time_compare
+
+    cfg = timing.config(default_dtype)
+    report.dtype = cfg.numerics.dtype
+    phase("timing the variants", _timing_allowance(timing))
+    with _progress(progress) as prog:
+        return time_compare(report, timing.engine(cfg, prog), model, shapes)
+
+
+def _timing_allowance(timing: TimingRequest) -> float | None:
+    """How long the timing phase may take before the parent gives up on the child."""
+    if timing.budget_s is None:
+        return None
+    return timing.budget_s + TIMING_MARGIN_S
+
+
+class _NullProgress:
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def start(self, total: int, budget_s: float | None = None) -> None:
+        pass
+
+    def advance(self, label: str) -> None:
+        pass
+
+
+def _progress(factory: ProgressFactory | None) -> AbstractContextManager[Any]:
+    return factory("timing") if factory is not None else _NullProgress()
