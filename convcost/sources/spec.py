@@ -46,7 +46,7 @@ TOP_KEYS = ("name", "description", "input", "batch", "dtype", "layers")
 LAYER_KEYS = ("name", "input")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")  # used with fullmatch (no trailing newline)
 # names that would shadow nn.Module's own attributes when the layer becomes a submodule
-RESERVED_NAMES = frozenset(n for n in dir(nn.Module) if not n.startswith("__"))
+RESERVED_NAMES = frozenset(n for n in dir(nn.Module()) if not n.startswith("__"))
 
 
 # --------------------------------------------------------------------------- dataclasses
