@@ -4,6 +4,7 @@ with one clear line; mutated valid inputs never crash the CLI."""
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 import subprocess
 import sys
@@ -123,7 +124,11 @@ for c in BUDGET["checks"]:
     c["model"] = str(EXAMPLES / c["model"])
 
 
-@settings(max_examples=120, deadline=None,
+SPEC_EXAMPLES = int(os.environ.get("CONVCOST_FUZZ_EXAMPLES", "120"))
+BUDGET_EXAMPLES = max(1, SPEC_EXAMPLES // 2)
+
+
+@settings(max_examples=SPEC_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.sampled_from(sorted(SPECS)).flatmap(lambda n: mutated(SPECS[n])))
 def test_fuzzed_specs_never_crash(tmp_path_factory, doc):
@@ -136,7 +141,7 @@ def test_fuzzed_specs_never_crash(tmp_path_factory, doc):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=BUDGET_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated(BUDGET))
 def test_fuzzed_budgets_never_crash(tmp_path_factory, doc):
