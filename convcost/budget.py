@@ -392,7 +392,7 @@ def baseline_document(report: BudgetReport) -> dict[str, Any]:
 
 def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
                    baseline: dict[str, Any] | None, baseline_path: Path | None,
-                   report: BudgetReport) -> None:
+                   report: BudgetReport, updating: bool = False) -> None:
     """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
     values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
               "paper_macs": metrics.get("paper_macs"),
@@ -420,8 +420,13 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
         bkey = "latency_ms" if metric == "latency" else metric
         b = (base or {}).get(bkey)
         if b is None or v is None:
-            why = (f"no baseline for '{check.name}' in {baseline_path}; write one with "
-                   "convcost check --update-baseline" if b is None else "not measured")
+            if updating:
+                why = "not judged: --update-baseline is writing the baseline"
+            elif b is None:
+                why = (f"no baseline for '{check.name}' in {baseline_path}; write one with "
+                       "convcost check --update-baseline")
+            else:
+                why = "not measured"
             report.results.append(Result(check.name, metric, "model", v, lims[0], "skip",
                                          "regression", b, message=why))
             continue
@@ -477,12 +482,9 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
         lat = check.latency
         dev = lat.device
         if not measure_latency:
-            metrics["latency_skip"] = "latency not measured (--no-time)"
-            notices.append(f"{check.name}: latency limit skipped (--no-time)")
+            metrics["latency_skip"] = "not measured (--no-time)"
         elif dev.startswith("cuda") and not torch.cuda.is_available():
-            metrics["latency_skip"] = f"device {dev} absent here"
-            notices.append(f"{check.name}: latency limit for {dev} skipped: no CUDA device on "
-                           "this machine")
+            metrics["latency_skip"] = f"no CUDA device on this machine for the {dev} limit"
         else:
             n = Numerics(dev if dev != "cuda" else "cuda:0", lat.dtype,
                          channels_last=dev.startswith("cuda") and lat.dtype in ("fp16", "bf16"))
@@ -506,7 +508,6 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
             if meas is None or meas.median_ms is None:
                 err = kr.error or "not measured"
                 metrics["latency_skip"] = f"timing failed: {err}"
-                notices.append(f"{check.name}: latency could not be measured: {err}")
             else:
                 metrics["latency_ms"] = meas.median_ms
                 metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
@@ -530,11 +531,6 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     bpath = baseline_path or budget.baseline
     baseline = None if update_baseline else load_baseline(bpath)
     report = BudgetReport(budget=str(budget.path))
-    if update_baseline:
-        report.notices.append(f"--update-baseline: regression limits not judged; writing {bpath}")
-    elif any(c.regression for c in budget.checks) and baseline is None:
-        report.notices.append(f"no baseline at {bpath}: regression limits skipped; create it with "
-                              "convcost check --update-baseline")
     for i, check in enumerate(budget.checks):
         try:
             m = isolation.call(measure_check, check, measure_latency, max_time_s, memory_check,
@@ -551,7 +547,7 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
             break
         report.notices.extend(m.notices)
         report.metrics[check.name] = {k: v for k, v in m.metrics.items() if k != "latency_skip"}
-        evaluate_check(check, m.metrics, m.layers, baseline, bpath, report)
+        evaluate_check(check, m.metrics, m.layers, baseline, bpath, report, update_baseline)
     return report
 
 

@@ -337,12 +337,53 @@ def _write_or_print(text: str, output: Path | None, console: Console) -> None:
     click.echo(f"wrote {output}", err=True)
 
 
+FORMAT_BY_EXT = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown",
+                 ".txt": "table"}
+
+
+def _output_format(fmt: str, output: Path | None, allowed: tuple[str, ...]) -> str:
+    """The report format: --format when given, else the one ``-o``'s extension names (.json,
+    .csv, .md, .txt), else the table. A contradiction is an error, before any work."""
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
+    ext = output.suffix.lower() if output is not None else ""
+    by_ext = FORMAT_BY_EXT.get(ext)
+    if output is not None and ext and by_ext is None and not given:
+        raise InputError(f"-o {output}: cannot tell the format from {ext!r}; name the file .json, "
+                         ".csv, .md or .txt, or give --format")
+    if given and by_ext is not None and by_ext != fmt:
+        raise InputError(f"--format {fmt} but -o {output} is a {ext} file ({by_ext}); drop "
+                         "--format or rename the file")
+    chosen = fmt if given else (by_ext or fmt)
+    if chosen not in allowed:
+        raise InputError(f"-o {output}: this command writes {', '.join(allowed)}, not {chosen}")
+    return chosen
+
+
+def _emit_report(fmt: str, output: Path | None, wide: bool,
+                 renderables: Callable[[int | None], list[Any]],
+                 text: Callable[[str], str]) -> None:
+    """A table on a terminal: fitted to its width (every column with --wide); everything else
+    (a pipe, a file, another format) as text, the wide form for tables."""
+    from convcost.report.layout import emit
+
+    console = stdout_console()
+    if fmt == "table" and output is None:
+        emit(renderables(None if wide or not console.is_terminal else console.width), console)
+        return
+    _write_or_print(text(fmt), output, console)
+
+
+def wide_option(f: Callable) -> Callable:
+    return click.option("--wide", is_flag=True,
+                        help="Keep every column on a terminal (narrow terminals drop the least "
+                             "important ones and say which).")(f)
+
+
 def stdout_console() -> Console:
-    """Rich console for standard output; wide when piped so tables are never truncated. Markup
-    is off: layer and model names are printed as they are (a name like '[/]' is text)."""
+    """Rich console for standard output (off a terminal, reports are written as plain text by
+    :func:`_emit_report`). Markup is off: names are printed as they are ('[/]' is text)."""
     console = Console(soft_wrap=False, markup=False, emoji=False, highlight=False)
-    if not console.is_terminal:
-        console = Console(soft_wrap=False, width=200, markup=False, emoji=False, highlight=False)
     console.on_broken_pipe = _quiet_broken_pipe  # rich's own default exits 1 (= budget exceeded)
     return console
 
@@ -382,6 +423,7 @@ def cli() -> None:
 @model_arg_option
 @count_on_option
 @timeout_option
+@wide_option
 @memory_option
 @_common
 def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
@@ -389,13 +431,14 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
             time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, timeout: float, ignore_memory: bool) -> None:
+            count_on: str, timeout: float, wide: bool, ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost import isolation, jobs
     from convcost.report.analyze import analysis_renderables, render_analysis
     from convcost.report.progress import progress_for
     from convcost.sources.load import parse_model_args
 
+    fmt = _output_format(fmt, output, ("table", "json", "csv", "markdown"))
     _check_outputs(output=output, exported_spec=export_spec, plot=plot)
     src = jobs.SourceRequest(source, input_shape, batch, parse_model_args(model_args),
                              not ignore_memory, count_on)
@@ -409,7 +452,6 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 
         plot_analysis(report, plot)
         click.echo(f"wrote {plot}", err=True)
-    console = stdout_console()
     if export_spec is not None:
         from convcost.report.spec_export import export_spec_yaml
 
@@ -418,12 +460,9 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
         for n in notes:
             click.echo(f"note: {n}", err=True)
         click.echo(f"wrote {export_spec}", err=True)
-    if fmt == "table" and output is None:
-        for r in analysis_renderables(report, depth=depth, show_all=show_all):
-            console.print(r)
-    else:
-        _write_or_print(render_analysis(report, fmt, depth=depth, show_all=show_all), output,
-                        console)
+    _emit_report(fmt, output, wide,
+                 lambda w: analysis_renderables(report, depth=depth, show_all=show_all, width=w),
+                 lambda f: render_analysis(report, f, depth=depth, show_all=show_all))
     _exit_for(run, output)
 
 
@@ -461,6 +500,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
 @model_arg_option
 @count_on_option
 @timeout_option
+@wide_option
 @memory_option
 @_common
 def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: tuple[str, ...],
@@ -470,7 +510,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
             time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, timeout: float, ignore_memory: bool) -> None:
+            count_on: str, timeout: float, wide: bool, ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -484,6 +524,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
     from convcost.variants.catalogue import ConvLayer, expand_variants, valid_groups
     from convcost.variants.compare import DEFAULT_LAYER
 
+    fmt = _output_format(fmt, output, ("table", "json", "csv", "markdown"))
     _check_outputs(output=output, plot=plot)
     if model_only and no_model:
         raise InputError("--model-only and --no-model exclude each other: the first prints only "
@@ -531,13 +572,9 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
 
         plot_compare(report, plot)
         click.echo(f"wrote {plot}", err=True)
-    if fmt == "table" and output is None:
-        console = stdout_console()
-        for r in compare_renderables(report, per_layer=not model_only):
-            console.print(r)
-    else:
-        _write_or_print(render_compare(report, fmt, per_layer=not model_only), output,
-                        stdout_console())
+    _emit_report(fmt, output, wide,
+                 lambda w: compare_renderables(report, per_layer=not model_only, width=w),
+                 lambda f: render_compare(report, f, per_layer=not model_only))
     _exit_for(run, output)
 
 
@@ -595,10 +632,14 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 
 @cli.command()
 @click.argument("budget", type=click.Path(path_type=Path))
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format (JSON always includes the limits).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True,
+              help="Output format (JSON always includes the limits); with -o, the file's "
+                   "extension (.json, .md, .txt) decides when --format is not given.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report to FILE (written whether the checks pass or not).")
+              help="Also write the report to FILE (whether the checks pass or not); the verdict "
+                   "table is printed either way.")
+@wide_option
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write JUnit XML to FILE.")
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
@@ -614,8 +655,8 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 @memory_option
 @_common
 def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summary: Path | None,
-          baseline: Path | None, update_baseline: bool, no_time: bool, max_time: float,
-          timeout: float, ignore_memory: bool) -> None:
+          wide: bool, baseline: Path | None, update_baseline: bool, no_time: bool,
+          max_time: float, timeout: float, ignore_memory: bool) -> None:
     """Check models against the size and latency budgets in BUDGET (a YAML file).
 
     Exit 0 when every limit holds (warnings allowed), 1 when one is exceeded, 2 for a bad
@@ -630,21 +671,27 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
 
     summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
                                if os.environ.get("GITHUB_STEP_SUMMARY") else None)
+    out_fmt = _output_format(fmt, output, ("table", "json", "markdown"))
     _check_outputs(output=output, junit_report=junit, summary=summary_path)
     b = load_budget(budget)
     report = run_budget(b, measure_latency=not no_time, update_baseline=update_baseline,
                         baseline_path=baseline, max_time_s=max_time,
                         memory_check=not ignore_memory, timeout_s=timeout)
+    from convcost.report.layout import emit, plain_text
+
     doc = budget_dict(report, limits_document(b))
-    if fmt == "json":
-        _write_or_print(json.dumps(doc, indent=2) + "\n", output, stdout_console())
-    else:
-        console = stdout_console()
-        for r in budget_renderables(report):
-            console.print(r)
-        if output is not None:
-            _write_file(output, json.dumps(doc, indent=2) + "\n")
-            click.echo(f"wrote {output}", err=True)
+    console = stdout_console()
+    if fmt == "json" and output is None:
+        click.echo(json.dumps(doc, indent=2))
+    else:  # the verdict table is the gate's log: printed even when -o writes a file
+        width = None if wide or not console.is_terminal else console.width
+        emit(budget_renderables(report, width=width), console)
+    if output is not None:
+        text = {"json": json.dumps(doc, indent=2) + "\n",
+                "markdown": budget_markdown(report)}.get(out_fmt) or plain_text(
+                    budget_renderables(report))
+        _write_file(output, text)
+        click.echo(f"wrote {output}", err=True)
     if junit is not None:
         _write_file(junit, budget_junit(report))
         click.echo(f"wrote {junit}", err=True)
@@ -699,8 +746,9 @@ def _open_table() -> Any:
 @cache.command("list")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               default="table", show_default=True)
+@wide_option
 @_common
-def cache_list(fmt: str) -> None:
+def cache_list(fmt: str, wide: bool) -> None:
     """Show the stored measurements, newest first."""
     from convcost.report.cache import cache_csv, cache_json, cache_renderables
 
@@ -711,9 +759,11 @@ def cache_list(fmt: str) -> None:
     elif fmt == "csv":
         click.echo(cache_csv(rows), nl=False)
     else:
+        from convcost.report.layout import emit
+
         console = stdout_console()
-        for r in cache_renderables(rows, str(t.path), t.count()[1]):
-            console.print(r)
+        width = None if wide or not console.is_terminal else console.width
+        emit(cache_renderables(rows, str(t.path), t.count()[1], width=width), console)
 
 
 @cache.command("export")

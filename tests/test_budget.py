@@ -136,7 +136,8 @@ def test_latency_on_absent_device_is_skipped_with_notice(tmp_path):
                          "      latency: {error: '1 us', device: cuda, dtype: fp16}\n")
     r = check(b)
     assert r.exit_code == 0
-    assert "latency limit for cuda skipped: no CUDA device on this machine" in r.stdout
+    assert "SKIP tiny: latency: no CUDA device on this machine for the cuda limit" in r.stdout
+    assert r.stdout.count("no CUDA device") == 1  # one line per skip, no repeat as a notice
     assert "SKIP" in r.stdout
 
 

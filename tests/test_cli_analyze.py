@@ -134,7 +134,20 @@ def test_unsupported_ops_are_listed_not_hidden():
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "shufflenet_unit.yaml"])
 def test_golden_table(golden, name):
-    golden(name.replace(".yaml", ".table.txt"), render_analysis(_report(name), "table", width=160))
+    """The wide form (files and pipes: every column, no wrapping)."""
+    golden(name.replace(".yaml", ".table.txt"), render_analysis(_report(name), "table"))
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_golden_table_at_terminal_widths(golden, width):
+    """What a terminal of that width shows: no line longer than it, no cut cells, dropped
+    columns named."""
+    text = render_analysis(_report("tiny.yaml"), "table", width=width)
+    golden(f"tiny.{width}.txt", text)
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert all(line == line.rstrip() for line in text.splitlines())
+    for must in ("stem", "linear1", "3.29M", "13.4k"):  # names and figures whole
+        assert must in text
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "mobilenet_v2_block.yaml"])

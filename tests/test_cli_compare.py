@@ -90,7 +90,7 @@ def test_with_a_spec_per_layer_and_model_rows():
 def test_with_a_spec_table_and_layers_glob():
     r = run(str(EXAMPLES / "tiny.yaml"), "--layers", "gro*", "--groups", "1,2")
     assert r.exit_code == 0, r.output
-    assert "grouped (64->64 3x3 g=4" in r.stdout and "whole model" in r.stdout
+    assert "64->64 3x3 g=4" in r.stdout and "whole model" in r.stdout
     assert "stem" not in r.stdout.split("whole model")[0]
 
 
@@ -124,7 +124,7 @@ def test_layer_options_with_a_source_exit_2():
 
 def test_no_matching_layer_exit_2():
     r = run(str(EXAMPLES / "tiny.yaml"), "--layers", "nothing*")
-    assert r.exit_code == 2 and "no Conv2d layer matches --layers nothing*" in r.stderr
+    assert r.exit_code == 2 and "no Conv1d/Conv2d/Conv3d layer matches --layers nothing*" in r.stderr
 
 
 def test_golden_compare_table(golden):
@@ -133,3 +133,21 @@ def test_golden_compare_table(golden):
 
     golden("compare_default.table.txt", render_compare(compare_default(), "table"))
     golden("compare_default.md", render_compare(compare_default(), "markdown"))
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_golden_compare_at_terminal_widths(golden, width):
+    from convcost.report.compare import render_compare
+    from convcost.sources.load import load_source
+    from convcost.variants.compare import compare_model
+
+    loaded = load_source(f"{EXAMPLES}/models.py:TinyNet")
+    rep = compare_model(loaded.model, loaded.input_shapes, source="examples/models.py:TinyNet",
+                        name="TinyNet", variant_names=("grouped", "depthwise", "separable"),
+                        groups=(1, 2, 4))
+    text = render_compare(rep, "table", width=width)
+    golden(f"compare_tinynet.{width}.txt", text)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width and all(x == x.rstrip() for x in lines)
+    assert "variant" in text and "headline" in text  # the essential columns stay
+    assert "[1]" in text and "\n[1] skipped:" in text  # notes as numbered footnotes

@@ -17,6 +17,7 @@ from convcost.variants.catalogue import (
     build,
     expand_variants,
     paper_ratio,
+    same_as_original,
     valid_groups,
 )
 from convcost.variants.compare import compare_layer, compare_model
@@ -30,8 +31,9 @@ def layers(draw):
     cout = cin * draw(st.integers(1, 3)) if draw(st.booleans()) else g0 * draw(st.integers(1, 6))
     k = draw(st.sampled_from([1, 3, 5]))
     s = draw(st.integers(1, 2))
-    hw = draw(st.integers(k, 12))
-    return ConvLayer(cin, cout, (k, k), (s, s), (k // 2, k // 2), in_hw=(hw, hw),
+    d = draw(st.sampled_from([1, 2, 2, 3]))  # Conv1d, Conv2d, Conv3d
+    hw = draw(st.integers(k, 12 if d < 3 else 7))
+    return ConvLayer(cin, cout, (k,) * d, (s,) * d, (k // 2,) * d, (1,) * d, in_hw=(hw,) * d,
                      batch=draw(st.integers(1, 2)))
 
 
@@ -46,6 +48,9 @@ def test_counted_ratio_equals_closed_form_and_shapes_are_kept(layer, g):
         (v.name, v.groups) for v in vs if not (v.name == "dense" and layer.groups == 1)]
     for row in lc.rows:
         v = Variant(row.variant, row.groups)
+        if row.skipped and same_as_original(layer, v):
+            assert "already is this conv" in row.skipped  # not listed as an alternative
+            continue
         if row.skipped:
             with pytest.raises(Skip):
                 build(layer, v)
@@ -155,3 +160,57 @@ def test_whole_model_keeps_invalid_layers_and_says_so():
     assert row.substituted == 3 and [k for k, _ in row.kept] == ["stem.0"]
     assert "not both divisible by g=8" in row.kept[0][1]
     assert any("1 of 4 selected convs kept" in w for w in row.warnings)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_nd_variants_against_closed_forms(dims):
+    """Conv1d and Conv3d: grouped, depthwise and separable per spatial dimension."""
+    k, size, c, n, b = 3, 8, 16, 32, 2
+    layer = ConvLayer(c, n, (k,) * dims, (1,) * dims, (1,) * dims, (1,) * dims, in_hw=(size,) * dims,
+                      batch=b)
+    lc = compare_layer("x", layer, expand_variants(("grouped", "depthwise", "separable"), (4,)))
+    out = size ** dims
+    assert lc.baseline.macs == b * out * k**dims * c * n
+    rows = {(r.variant, r.groups): r for r in lc.rows}
+    assert rows[("grouped", 4)].macs == b * out * k**dims * (c // 4) * n
+    assert rows[("depthwise", None)].macs == b * out * k**dims * n
+    sep = rows[("separable", None)]
+    assert sep.macs == b * out * (k**dims * c + c * n)
+    assert sep.formula == f"1/N + 1/{'K' if dims == 1 else 'K^3'}"
+    assert not any(r.warnings for r in lc.rows)
+    assert "(1-D)" in layer.describe() if dims == 1 else "(3-D)" in layer.describe()
+
+
+def test_formula_is_relative_to_the_original():
+    layer = ConvLayer(64, 64, (3, 3), padding=(1, 1), groups=32, in_hw=(8, 8))
+    lc = compare_layer("x", layer, expand_variants(("dense", "grouped", "depthwise"), (8, 32)))
+    rows = {(r.variant, r.groups): r for r in lc.rows}
+    assert rows[("dense", 1)].formula == "32" and rows[("dense", 1)].analytic_macs == 32
+    assert rows[("grouped", 8)].formula == "32/g" and rows[("grouped", 8)].analytic_macs == 4
+    assert rows[("grouped", 32)].skipped and "already is this conv" in rows[("grouped", 32)].skipped
+    assert rows[("depthwise", None)].formula == "32/C"
+    assert rows[("depthwise", None)].analytic_macs == 0.5
+    pw = ConvLayer(64, 64, (1, 1), in_hw=(8, 8))
+    sep = compare_layer("p", pw, [Variant("separable")]).rows[0]
+    assert "no spatial part to separate" in sep.skipped
+
+
+def test_conv1d_models_are_compared_and_transposed_convs_listed():
+    from torch import nn
+
+    class Audio(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv1d(8, 16, 5, padding=2)
+            self.b = nn.Conv1d(16, 16, 3, padding=1)
+            self.up = nn.ConvTranspose1d(16, 8, 2, stride=2)
+
+        def forward(self, x):
+            return self.up(self.b(self.a(x)))
+
+    rep = compare_model(Audio().eval(), [(1, 8, 100)], source="a", name="a",
+                        variant_names=("grouped", "depthwise", "separable"), groups=(2,))
+    assert [lc.name for lc in rep.layers] == ["a", "b"]
+    assert any("not substituted: up (ConvTranspose1d)" in n for n in rep.notes)
+    g2 = next(r for r in rep.model_rows if r.variant == "grouped")
+    assert g2.substituted == 2 and g2.ratio_macs < 1

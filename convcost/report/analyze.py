@@ -18,17 +18,19 @@ from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisRepo
 from convcost.counting.counters import COUNTER_TEXT, FVCORE
 from convcost.report.common import (
     CONVENTION_LINE,
-    add_timing_columns,
     csv_cell,
+    dims_label,
     iqr_cell,
     md_table,
     pct,
     roof_cells,
     shape_str,
     source_cell,
+    timing_cols,
     timing_lines,
     to_console_text,
 )
+from convcost.report.layout import Col, dropped_line, fit_table
 from convcost.units import fmt_ms, human
 
 
@@ -68,29 +70,23 @@ def table_rows(report: AnalysisReport, depth: int | None,
 
 
 def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
-                         show_all: bool = False) -> list[RenderableType]:
-    """Rich renderables of an analysis: layer table, operator summary, warnings, conventions."""
+                         show_all: bool = False, width: int | None = None) -> list[RenderableType]:
+    """Rich renderables of an analysis: layer table (fitted to ``width``; None: every column),
+    operator summary, warnings, conventions."""
     timed = _timed(report)
-    inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
-    t = Table(title=f"convcost analyze: {report.name}", box=box.SIMPLE_HEAD, show_footer=True,
-              caption=f"source {report.source}  |  input {inputs} (BxCxHxW)  |  dtype "
-                      f"{report.dtype}  |  counter {report.counter}",
-              caption_justify="left", title_justify="left")
-    t.add_column("#", justify="right", footer="")
-    t.add_column("layer", footer="total")
-    t.add_column("op")
-    t.add_column("kind")
-    t.add_column("output", justify="right")
-    t.add_column("groups", justify="right")
-    t.add_column("params", justify="right", footer=human(report.params))
-    t.add_column("MACs", justify="right", footer=human(report.macs))
-    t.add_column("FLOPs", justify="right", footer=human(report.flops))
-    t.add_column("%MACs", justify="right", footer="100.0%" if report.macs else "-")
-    roof, peaks = add_timing_columns(t, report.layers, timed, fmt_ms(report.latency_ms))
-    cached = timed and any(source_cell(r.timing) for r in report.layers)
-    if cached:
-        t.add_column("source")
+    inputs = ", ".join(f"{shape_str(s, batch=True)} ({dims_label(s)})" for s in report.input_shapes)
     rows, collapsed = table_rows(report, depth, show_all)
+    tcols, roof, peaks = timing_cols(report.layers, timed, fmt_ms(report.latency_ms))
+    cached = timed and any(source_cell(r.timing) for r in report.layers)
+    cols = [Col("#", "right", 20), Col("layer", "left", 100, "total"), Col("op", "left", 45),
+            Col("kind", "left", 55), Col("output", "right", 50), Col("groups", "right", 40),
+            Col("params", "right", 85, human(report.params)),
+            Col("MACs", "right", 100, human(report.macs)),
+            Col("FLOPs", "right", 10, human(report.flops)),
+            Col("%MACs", "right", 60, "100.0%" if report.macs else "-"), *tcols]
+    if cached:
+        cols.append(Col("source", "left", 25))
+    cells_rows = []
     for i, r in enumerate(rows, 1):
         cells = [str(i), r.name, r.op, r.kind, shape_str(r.out_shape),
                  "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
@@ -101,8 +97,12 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
             cells += roof_cells((r.timing or {}).get("roofline"), peaks)
         if cached:
             cells.append(source_cell(r.timing))
-        t.add_row(*cells)
-    out: list[RenderableType] = [t, operator_table(report)]
+        cells_rows.append(cells)
+    t, dropped = fit_table(cols, cells_rows, width=width, show_footer=True,
+                           title=f"convcost analyze: {report.name}")
+    out: list[RenderableType] = [
+        t, Text(f"source {report.source}  |  input {inputs}  |  dtype {report.dtype}  |  "
+                f"counter {report.counter}"), *dropped_line(dropped), operator_table(report)]
     if collapsed:
         out.append(Text(f"note: {collapsed}", style="yellow"))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
@@ -274,7 +274,7 @@ def analysis_markdown(report: AnalysisReport) -> str:
     return "\n".join(parts)
 
 
-def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
+def render_analysis(report: AnalysisReport, fmt: str, *, width: int | None = None,
                     depth: int | None = None, show_all: bool = False) -> str:
     """The report as text in ``fmt`` (table text is colourless, for files and tests)."""
     if fmt == "json":
@@ -283,6 +283,7 @@ def render_analysis(report: AnalysisReport, fmt: str, *, width: int = 160,
         return analysis_csv(report)
     if fmt == "markdown":
         return analysis_markdown(report)
-    return to_console_text(analysis_renderables(report, depth=depth, show_all=show_all), width)
+    return to_console_text(analysis_renderables(report, depth=depth, show_all=show_all,
+                                                width=width), width)
 
 

@@ -8,12 +8,11 @@ import io
 import json
 from typing import Any
 
-from rich import box
 from rich.console import RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from convcost.counting.analysis import SCHEMA_VERSION, report_meta
+from convcost.report.layout import Col, dropped_line, fit_table
 from convcost.units import fmt_ms
 
 EXPORT_FIELDS = ("label", "scope", "in_shapes", "dtype", "memory_format", "backend", "cold",
@@ -27,22 +26,25 @@ def _shapes(v: Any) -> str:
     return ", ".join("x".join(str(d) for d in s) for s in v) if v else ""
 
 
-def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int) -> list[RenderableType]:
-    t = Table(title=f"convcost latency table: {path}", box=box.SIMPLE_HEAD, title_justify="left")
-    for col, j in (("measured", "left"), ("device", "left"), ("dtype", "left"),
-                   ("threads", "right"), ("kernel", "left"), ("input", "left"),
-                   ("median", "right"), ("±IQR", "right"), ("n", "right")):
-        t.add_column(col, justify=j)
+def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
+                      width: int | None = None) -> list[RenderableType]:
+    cols = [Col("measured", "left", 40), Col("device", "left", 50), Col("dtype", "left", 60),
+            Col("threads", "right", 30), Col("kernel", "left", 100), Col("input", "left", 80),
+            Col("median", "right", 100), Col("±IQR", "right", 45), Col("n", "right", 20)]
+    cells = []
     for r in rows:
         med, q1, q3 = r.get("median_ms"), r.get("q1_ms"), r.get("q3_ms")
         iqr = f"{100 * (q3 - q1) / med:.1f}%" if med and q1 is not None and q3 is not None else ""
-        t.add_row((r.get("measured_at") or "")[:10], str(r.get("device_name") or ""),
-                  f"{r.get('dtype')}{' cl' if r.get('memory_format') == 'channels_last' else ''}",
-                  str(r.get("threads") or ""), str(r.get("label") or ""), _shapes(r.get("in_shapes")),
-                  fmt_ms(med), iqr + ("" if r.get("converged") else "!"), str(r.get("n") or ""))
-    return [t, Text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache "
-                    "export FILE.csv|FILE.json` writes them, `convcost cache clear` empties the "
-                    "table", style="dim")]
+        cells.append([(r.get("measured_at") or "")[:10], str(r.get("device_name") or ""),
+                      f"{r.get('dtype')}{' cl' if r.get('memory_format') == 'channels_last' else ''}",
+                      str(r.get("threads") or ""), str(r.get("label") or ""),
+                      _shapes(r.get("in_shapes")), fmt_ms(med),
+                      iqr + ("" if r.get("converged") else "!"), str(r.get("n") or "")])
+    t, dropped = fit_table(cols, cells, width=width, title=f"convcost latency table: {path}")
+    return [t, *dropped_line(dropped),
+            Text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache export "
+                 "FILE.csv|FILE.json` writes them, `convcost cache clear` empties the table",
+                 style="dim")]
 
 
 def cache_json(rows: list[dict[str, Any]], path: str) -> str:

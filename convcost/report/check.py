@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich import box
 from rich.console import RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
     md_table,
 )
+from convcost.report.layout import Col, dropped_line, fit_table
 
 _VERDICT_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                   "error": "red"}
@@ -31,25 +30,32 @@ def _limit_text(r: Any) -> str:
     return f"{r.limit.level} {fmt_metric(r.metric, value)}"
 
 
-def budget_renderables(report: Any) -> list[RenderableType]:
+def budget_renderables(report: Any, width: int | None = None) -> list[RenderableType]:
+    """The verdict table (fitted to ``width``), one line per failure, warning, error and skip
+    reason, the notices and the summary."""
     from convcost.budget import fmt_metric
 
-    t = Table(title=f"convcost check: {report.budget}", box=box.SIMPLE_HEAD, title_justify="left")
-    for col, j in (("check", "left"), ("metric", "left"), ("scope", "left"), ("actual", "right"),
-                   ("limit", "left"), ("headroom", "right"), ("verdict", "left")):
-        t.add_column(col, justify=j)
+    cols = [Col("check", "left", 100), Col("metric", "left", 100), Col("scope", "left", 40),
+            Col("actual", "right", 90), Col("limit", "left", 80), Col("headroom", "right", 70),
+            Col("verdict", "left", 100)]
+    rows = []
     for r in report.results:
         h = r.headroom_pct()
-        t.add_row(r.check, r.metric + (" (regression)" if r.kind == "regression" else ""), r.scope,
-                  fmt_metric(r.metric, r.actual), _limit_text(r),
-                  "" if h is None else (f"{h:.1f}% left" if h >= 0 else f"{-h:.1f}% over"),
-                  Text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict]))
-    out: list[RenderableType] = [t]
+        rows.append([r.check, r.metric + (" (regression)" if r.kind == "regression" else ""),
+                     r.scope, fmt_metric(r.metric, r.actual), _limit_text(r),
+                     "" if h is None else (f"{h:.1f}% left" if h >= 0 else f"{-h:.1f}% over"),
+                     Text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict])])
+    t, dropped = fit_table(cols, rows, width=width, title=f"convcost check: {report.budget}")
+    out: list[RenderableType] = [t, *dropped_line(dropped)]
+    skips: dict[tuple[str, str], list[str]] = {}
     for r in report.results:
         if r.verdict in ("fail", "warn", "error"):
             out.append(Text(r.message, style=_VERDICT_STYLE[r.verdict]))
         elif r.verdict == "skip":
-            out.append(Text(f"SKIP {r.check}: {r.metric}: {r.message}", style="dim"))
+            name = r.metric + (" (regression)" if r.kind == "regression" else "")
+            skips.setdefault((r.check, r.message), []).append(name)
+    for (check, why), metrics in skips.items():
+        out.append(Text(f"SKIP {check}: {', '.join(metrics)}: {why}", style="dim"))
     for n in report.notices:
         out.append(Text(f"notice: {n}", style="cyan"))
     nf, nw, ne = len(report.failed), len(report.warned), len(report.errors)

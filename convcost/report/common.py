@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from convcost.units import fmt_ms
@@ -29,37 +28,47 @@ def shape_str(shape: list[int] | None, batch: bool = False) -> str:
     return "x".join(str(d) for d in dims)
 
 
+def dims_label(shape: list[int] | tuple[int, ...] | None) -> str:
+    """What the dimensions of an input are: BxF, BxCxL, BxCxHxW, BxCxDxHxW."""
+    n = len(shape or [])
+    return {2: "BxF", 3: "BxCxL", 4: "BxCxHxW", 5: "BxCxDxHxW"}.get(n, "x".join(["d"] * n) or "-")
+
+
+def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "") -> tuple[list[Any], bool,
+                                                                               bool]:
+    """Latency columns (when timed), roofline ones (when any row has one; % bound and bound when
+    calibrated), with their priorities: (columns, roof, peaks)."""
+    from convcost.report.layout import Col
+
+    roof = timed and any((r.timing or {}).get("roofline") for r in rows)
+    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
+    cols = []
+    if timed:
+        cols += [Col("latency", "right", 75, latency_footer), Col("±IQR", "right", 35)]
+    if roof:
+        cols += [Col("TFLOP/s", "right", 15), Col("GB/s", "right", 12)]
+    if peaks:
+        cols += [Col("% bound", "right", 22), Col("bound", "left", 20)]
+    return cols, roof, peaks
+
+
 def pct(part: int | float, whole: int | float) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
 
 
-def to_console_text(renderables: Iterable[RenderableType], width: int = 160) -> str:
-    """Render rich objects to plain text (no colour, fixed width): files and golden tests."""
+def to_console_text(renderables: Iterable[RenderableType], width: int | None = None) -> str:
+    """Render rich objects to plain text (no colour): at ``width`` as a terminal of that width
+    shows them (text wrapped at words), or, with ``width`` None, the wide form of files and
+    pipes (no wrapping). Trailing spaces are removed either way."""
+    from convcost.report.layout import plain_text
+
+    if width is None:
+        return plain_text(renderables)
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
-                      markup=False, emoji=False, highlight=False,
-                      legacy_windows=False, soft_wrap=False)
+                      markup=False, emoji=False, highlight=False, legacy_windows=False)
     for r in renderables:
         console.print(r)
-    return console.file.getvalue()
-
-
-
-def add_timing_columns(t: Table, rows: list[Any], timed: bool,
-                        latency_footer: str = "") -> tuple[bool, bool]:
-    """Add latency/IQR columns (when timed), achieved TFLOP/s and GB/s (when any row has a
-    roofline) and % of bound / bound kind (when calibrated peaks exist). Returns (roof, peaks)."""
-    roof = timed and any((r.timing or {}).get("roofline") for r in rows)
-    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
-    if timed:
-        t.add_column("latency", justify="right", footer=latency_footer)
-        t.add_column("±IQR", justify="right")
-    if roof:
-        t.add_column("TFLOP/s", justify="right")
-        t.add_column("GB/s", justify="right")
-    if peaks:
-        t.add_column("% bound", justify="right")
-        t.add_column("bound")
-    return roof, peaks
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
 
 
 def iqr_cell(timing: dict[str, Any] | None) -> str:

@@ -8,22 +8,21 @@ import io
 import json
 from typing import Any
 
-from rich import box
 from rich.console import RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
     CONVENTION_LINE,
-    add_timing_columns,
     csv_cell,
     iqr_cell,
     md_table,
     roof_cells,
+    timing_cols,
     timing_lines,
     to_console_text,
 )
+from convcost.report.layout import Col, Notes, dropped_line, fit_table
 from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
 from convcost.timing.stats import PairedRatio
 from convcost.units import fmt_ms, fmt_ratio, human
@@ -84,8 +83,13 @@ def _ratio_cell(row: Any) -> str:
 
 
 def _note(row: Any) -> str:
+    """The row's notes in one cell (Markdown, the wide form)."""
+    return "; ".join(_notes(row))
+
+
+def _notes(row: Any) -> list[str]:
     if row.skipped:
-        return f"skipped: {row.skipped}"
+        return [f"skipped: {row.skipped}"]
     notes = list(row.warnings)
     err = (row.timing or {}).get("error")
     if err:
@@ -101,7 +105,7 @@ def _note(row: Any) -> str:
     g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
     if g is not None and row.latency_source != SAME:
         notes.append(f"CUDA graph: {fmt_ms(g)}")
-    return "; ".join(notes)
+    return notes
 
 
 def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
@@ -123,71 +127,77 @@ def _any_latency(report: Any) -> bool:
     return any(r.latency_ms is not None for r in rows)
 
 
-def compare_renderables(report: Any, *, per_layer: bool = True) -> list[RenderableType]:
-    """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE)."""
+def compare_renderables(report: Any, *, per_layer: bool = True,
+                        width: int | None = None) -> list[RenderableType]:
+    """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE), fitted to
+    ``width`` (None: every column); notes as numbered footnotes below."""
     timed = _any_latency(report)
+    notes = Notes()
+    dropped: list[str] = []
     out: list[RenderableType] = []
     if per_layer or not report.is_model:
         title = (f"convcost compare: {report.name}" if not report.is_model
                  else f"convcost compare: {report.name}, per layer")
-        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left",
-                  caption=f"source {report.source}  |  ratios to the layer as it is ('original')",
-                  caption_justify="left")
-        if report.is_model:
-            t.add_column("layer")
-        for col, j in (("variant", "left"), ("params", "right"), ("MACs", "right"),
-                       ("FLOPs", "right"), ("params ratio", "right"), ("analytic", "right"),
-                       ("formula", "left")):
-            t.add_column(col, justify=j)
-        roof, peaks = add_timing_columns(
-            t, [r for lc in report.layers for r in [lc.baseline, *lc.rows]], timed)
+        all_rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
+        tcols, roof, peaks = timing_cols(all_rows, timed)
+        cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
+                if report.is_model else [])
+        cols += [Col("variant", "left", 100), Col("params", "right", 62),
+                 Col("MACs", "right", 88), Col("FLOPs", "right", 10),
+                 Col("params ratio", "right", 52), Col("analytic", "right", 72),
+                 Col("formula", "left", 30), *tcols]
         if timed:
-            t.add_column("latency ratio", justify="right")
-        t.add_column("headline")
-        t.add_column("note", max_width=60)
+            cols.append(Col("latency ratio", "right", 66))
+        cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
+        rows, sections = [], []
         for lc in report.layers:
-            if report.is_model:
-                t.add_section()
+            if report.is_model and rows:
+                sections.append(len(rows))
             for r, label in _merged([lc.baseline, *lc.rows]):
+                first = r is lc.baseline
                 cells = [label, human(r.params), human(r.macs), human(r.flops),
                          fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
                 if report.is_model:
-                    cells.insert(0, f"{lc.name} ({lc.layer.describe()})" if r is lc.baseline else "")
+                    cells = [lc.name if first else "", lc.layer.describe() if first else "",
+                             *cells]
                 if timed:
                     cells += [_latency_cell(r), iqr_cell(r.timing)]
                 if roof:
                     cells += roof_cells((r.timing or {}).get("roofline"), peaks)
                 if timed:
-                    cells.append("" if r is lc.baseline else _ratio_cell(r))
-                cells += [_headline(r) if r is not lc.baseline else "baseline", _note(r)]
-                t.add_row(*cells)
-        out.append(t)
+                    cells.append("" if first else _ratio_cell(r))
+                cells += ["baseline" if first else _headline(r), notes.ref(_notes(r))]
+                rows.append(cells)
+        t, d = fit_table(cols, rows, width=width, title=title, sections=sections)
+        out += [t, Text(f"source {report.source}  |  ratios to the layer as it is ('original')")]
+        dropped += d
     if report.is_model:
-        m = Table(title=f"convcost compare: {report.name}, whole model "
-                        f"({len(report.layers)} selected convs substituted)",
-                  box=box.SIMPLE_HEAD, title_justify="left",
-                  caption="analytic: closed form over the selected convs only; ratios: the whole "
-                          "model counted by fvcore", caption_justify="left")
-        for col, j in (("variant", "left"), ("replaced", "right"), ("params", "right"),
-                       ("MACs", "right"), ("params ratio", "right"), ("MACs ratio", "right"),
-                       ("analytic (convs)", "right")):
-            m.add_column(col, justify=j)
+        cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
+                Col("params", "right", 62), Col("MACs", "right", 88),
+                Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
+                Col("analytic (convs)", "right", 72)]
         if timed:
-            m.add_column("latency", justify="right")
-            m.add_column("±IQR", justify="right")
-            m.add_column("latency ratio", justify="right")
-        m.add_column("headline")
-        m.add_column("note")
+            cols += [Col("latency", "right", 75), Col("±IQR", "right", 35),
+                     Col("latency ratio", "right", 66)]
+        cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
+        rows = []
         for r in [report.model_baseline, *report.model_rows]:
+            base = r is report.model_baseline
             cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                      human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                      fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
             if timed:
-                cells += [_latency_cell(r), iqr_cell(r.timing),
-                          "" if r is report.model_baseline else _ratio_cell(r)]
-            cells += [_headline(r) if r is not report.model_baseline else "baseline", _note(r)]
-            m.add_row(*cells)
-        out.append(m)
+                cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r)]
+            cells += ["baseline" if base else _headline(r), notes.ref(_notes(r))]
+            rows.append(cells)
+        m, d = fit_table(cols, rows, width=width,
+                         title=f"convcost compare: {report.name}, whole model "
+                               f"({len(report.layers)} selected convs substituted)")
+        out += [m, Text("analytic: closed form over the selected convs only; ratios: the whole "
+                        "model counted by fvcore")]
+        dropped += [x for x in d if x not in dropped]
+    out.extend(notes.lines())
+    out.extend(dropped_line(dropped))
     out.extend(_footer(report))
     out.append(Text(CONVENTION_LINE, style="dim"))
     out.append(Text(LEGEND, style="dim"))
@@ -349,13 +359,14 @@ def compare_markdown(report: Any) -> str:
     return "\n".join(parts)
 
 
-def render_compare(report: Any, fmt: str, *, width: int = 160, per_layer: bool = True) -> str:
+def render_compare(report: Any, fmt: str, *, width: int | None = None,
+                   per_layer: bool = True) -> str:
     if fmt == "json":
         return json.dumps(compare_dict(report), indent=2) + "\n"
     if fmt == "csv":
         return compare_csv(report)
     if fmt == "markdown":
         return compare_markdown(report)
-    return to_console_text(compare_renderables(report, per_layer=per_layer), width)
+    return to_console_text(compare_renderables(report, per_layer=per_layer, width=width), width)
 
 

@@ -584,9 +584,9 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        x = x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous()
-        return x.view(b, c, h, w)
+        b, c, *rest = x.shape  # any number of spatial dimensions (1-D, 2-D, 3-D)
+        x = x.view(b, self.groups, c // self.groups, *rest).transpose(1, 2).contiguous()
+        return x.view(b, c, *rest)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"

@@ -29,7 +29,7 @@ from convcost.timing.engine import (
 from convcost.timing.harness import Measurement, TimingConfig
 from convcost.timing.kernel import Kernel
 from convcost.timing.roofline import Peaks, compulsory_bytes, lookup, roofline
-from convcost.variants.catalogue import Variant, build
+from convcost.variants.catalogue import Variant, build, conv_module
 from convcost.variants.compare import ORIGINAL, CompareReport, CompareRow, substitute
 
 
@@ -204,8 +204,7 @@ def time_compare(report: CompareReport, engine: TimingEngine, model: nn.Module |
     for lc in report.layers:
         rows = [lc.baseline, *[r for r in lc.rows if not r.skipped]]
         L = lc.layer
-        orig = modules.get(lc.name) or nn.Conv2d(L.cin, L.cout, L.kernel, L.stride, L.padding,
-                                                 L.dilation, L.groups, L.bias)
+        orig = modules.get(lc.name) or conv_module(L)
         mods = [orig] + [build(L, Variant(r.variant, r.groups)) for r in rows[1:]]
         kernels = [Kernel(m, [L.input_shape], L.output_shape, r.macs) for m, r in
                    zip(mods, rows, strict=True)]

@@ -30,9 +30,12 @@ from convcost.variants.catalogue import (
     Variant,
     build,
     closed_form,
+    conv_module,
     expand_variants,
+    formula,
     original_closed_form,
     paper_ratio,
+    same_as_original,
     valid_groups,
 )
 
@@ -132,9 +135,7 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
                   original: nn.Module | None = None) -> LayerCompare:
     """Count every variant of one conv and its ratios to the layer as it is."""
     counter = counter or _Counter()
-    orig_mod = original if original is not None else nn.Conv2d(
-        layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding, layer.dilation,
-        layer.groups, layer.bias)
+    orig_mod = original if original is not None else conv_module(layer)
     bp, bm = counter.count(layer, None, orig_mod)
     base_cf = original_closed_form(layer)
     base = CompareRow(name, ORIGINAL, layer.groups, bp, bm, 1.0, 1.0, 1.0, 1.0)
@@ -143,7 +144,11 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
     for v in variants:
         if v.name == DENSE and layer.groups == 1:
             continue  # the original row already is the dense conv
-        row = CompareRow(name, v.name, v.groups, formula=FORMULAS.get(v.name))
+        row = CompareRow(name, v.name, v.groups, formula=formula(layer, v))
+        if same_as_original(layer, v):
+            row.skipped = "the layer already is this conv (it is the original row)"
+            rows.append(row)
+            continue
         try:
             module = build(layer, v)
         except Skip as e:
@@ -190,21 +195,34 @@ def compare_default(layer: ConvLayer = DEFAULT_LAYER,
     return CompareReport(source="built-in layer", name=layer.describe(), variants=vs, layers=[lc])
 
 
+SUBSTITUTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def select_convs(rows: list[LayerRow], modules: dict[str, nn.Module], globs: tuple[str, ...],
-                 kernel_sizes: tuple[int, ...]) -> list[LayerRow]:
-    """Conv2d rows matching any ``--layers`` glob and any ``--kernel-size`` (all when empty)."""
-    out = []
+                 kernel_sizes: tuple[int, ...]) -> tuple[list[LayerRow], list[str]]:
+    """Conv1d/2d/3d rows matching any ``--layers`` glob and any ``--kernel-size`` (all when
+    empty), and a note for each conv-like layer that matched but cannot be substituted."""
+    out, not_substituted = [], []
     for r in rows:
         m = modules.get(r.name)
-        if not isinstance(m, nn.Conv2d) or r.in_shape is None or len(r.in_shape) != 4:
-            continue
         if globs and not any(fnmatch.fnmatchcase(r.name, g) for g in globs):
             continue
-        if kernel_sizes and not (m.kernel_size[0] == m.kernel_size[1]
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            not_substituted.append(f"{r.name} ({type(m).__name__}): a transposed conv; the "
+                                   "catalogue replaces Conv1d/2d/3d only")
+            continue
+        if not isinstance(m, SUBSTITUTED):
+            continue
+        if r.in_shape is None or len(r.in_shape) != m.weight.dim():
+            not_substituted.append(f"{r.name} ({type(m).__name__}): "
+                                   + ("never called" if r.in_shape is None else
+                                      f"unbatched input {r.in_shape}"))
+            continue
+        if kernel_sizes and not (len(set(m.kernel_size)) == 1
                                  and m.kernel_size[0] in kernel_sizes):
             continue
         out.append(r)
-    return out
+    return out, not_substituted
 
 
 def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
@@ -246,15 +264,17 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
         return count_fvcore(m, real[0])
 
     modules = dict(model.named_modules())
-    selected = select_convs(analysis.layers, modules, globs, kernel_sizes)
-    notes = []
+    selected, not_substituted = select_convs(analysis.layers, modules, globs, kernel_sizes)
+    notes = [f"not substituted: {x}" for x in not_substituted]
     if not selected:
         what = []
         if globs:
             what.append(f"--layers {','.join(globs)}")
         if kernel_sizes:
             what.append(f"--kernel-size {','.join(map(str, kernel_sizes))}")
-        raise Skip("no Conv2d layer matches " + (" and ".join(what) if what else "in this model"))
+        left = f" ({'; '.join(not_substituted)})" if not_substituted else ""
+        raise Skip("no Conv1d/Conv2d/Conv3d layer matches "
+                   + (" and ".join(what) if what else "in this model") + left)
     counter = _Counter()
     layers: list[LayerCompare] = []
     union_groups: list[int] = []
@@ -291,6 +311,9 @@ def substitute(model: nn.Module, layers: list[LayerCompare],
     new = copy.deepcopy(model)
     done, kept = [], []
     for lc in layers:
+        if same_as_original(lc.layer, v):
+            kept.append((lc.name, "already is this conv"))
+            continue
         try:
             _set_module(new, lc.name, build(lc.layer, v))
             done.append(lc.name)
@@ -302,7 +325,7 @@ def substitute(model: nn.Module, layers: list[LayerCompare],
 def _model_row(model: nn.Module, count_whole: Callable[[nn.Module], Any],
                layers: list[LayerCompare], v: Variant, base_params: int,
                base_macs: int) -> CompareRow:
-    row = CompareRow("(model)", v.name, v.groups, formula=FORMULAS.get(v.name))
+    row = CompareRow("(model)", v.name, v.groups, formula=FORMULAS.get(v.name))  # vs dense
     new, done, kept = substitute(model, layers, v)
     row.substituted, row.kept = len(done), kept
     if not done:
