@@ -20,7 +20,7 @@ from typing import Any
 from convcost import __version__
 from convcost.errors import BudgetFileError, InputError
 from convcost.sources.yamlio import LineDict, load_yaml_file
-from convcost.units import human, parse_count, parse_duration_ms, parse_percent
+from convcost.units import fmt_ms, human, parse_count, parse_duration_ms, parse_percent
 
 BUDGET_VERSION = 1
 METRICS = ("params", "macs", "paper_macs", "flops", "latency")
@@ -318,7 +318,7 @@ def fmt_metric(metric: str, v: float | None) -> str:
     if v is None:
         return "-"
     if metric == "latency":
-        return f"{v:.3g} ms"
+        return fmt_ms(v)
     return human(v)
 
 

@@ -610,13 +610,19 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
         click.echo(f"notice: the cache folder {folder} cannot be used; the peaks will be "
                    "printed but not kept (set CONVCOST_CACHE_DIR to a writable folder)", err=True)
     peaks = run_calibrate(dev, copy_mib=64 if quick else None, gemm_n=512 if quick else None,
-                          max_time_s=0.3 if quick else 1.0)
+                          max_time_s=0.3 if quick else 1.0, quick=quick)
     path = None
     if usable:
         try:
-            path = save(peaks)
+            path, kept = save(peaks)
         except InputError as e:
             click.echo(f"notice: {e}; the peaks are printed but not kept", err=True)
+        else:
+            if kept is not None:
+                click.echo(f"notice: the full calibration of {kept.get('measured_at', '?')} is "
+                           "kept; these --quick figures are printed but not stored (run without "
+                           "--quick to replace it)", err=True)
+                path = None
     if fmt == "json":
         click.echo(json.dumps({**peaks.to_dict(), "cache": str(path) if path else None}, indent=2))
         return
@@ -776,6 +782,9 @@ def cache_export(file: Path, fmt: str | None) -> None:
     from convcost.report.cache import cache_csv, cache_json
 
     ext = file.suffix.lower().lstrip(".")
+    if fmt and ext in ("json", "csv") and ext != fmt:
+        raise InputError(f"--format {fmt} but {file} is a .{ext} file; drop --format or rename "
+                         "the file")
     fmt = fmt or (ext if ext in ("json", "csv") else None)
     if fmt is None:
         raise InputError(f"{file}: cannot tell the format from the extension; use .json or .csv, "

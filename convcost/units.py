@@ -25,19 +25,26 @@ def human(n: float | int | None, digits: int = 3) -> str:
 
 
 def _sig(x: float, digits: int) -> str:
+    """``digits`` significant digits in plain notation (0.9996 at 3 digits is '1.00')."""
     if x == 0:
         return "0"
+    x = float(f"{x:.{digits - 1}e}")  # round first: the decimals depend on the rounded value
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
     return f"{x:.{decimals}f}"
 
 
 def fmt_ms(ms: float | None) -> str:
-    """Format a latency given in milliseconds, switching to microseconds below 1 ms."""
+    """A latency given in milliseconds, in plain notation with a unit that fits: '812 us',
+    '3.79 ms', '1.18 s', '95.3 s' (never '1.18e+03 ms')."""
     if ms is None:
         return "-"
-    if ms < 1.0:
-        return f"{ms * 1000:.3g} us"
-    return f"{ms:.3g} ms"
+    if ms != ms or ms in (float("inf"), float("-inf")):
+        return str(ms)
+    for scale, unit in ((1e-6, "ns"), (1e-3, "us"), (1.0, "ms")):
+        text = _sig(ms / scale, 3) if ms else "0"
+        if abs(float(text)) < 1000:  # 999.6 ms is '1.00 s', not '1000 ms'
+            return f"{text} {unit}"
+    return f"{_sig(ms / 1000, 3)} s"
 
 
 def fmt_ratio(r: float | None) -> str:

@@ -70,9 +70,15 @@ def test_training_mode_is_restored():
     assert loaded.model.training and loaded.model.bn.training
 
 
-def test_input_shape_and_batch():
-    d = _json([f"{EXAMPLES}/models.py:TinyNet", "--input-shape", "1,3,64,64", "--batch", "3"])
+def test_input_shape_and_batch_must_agree():
+    d = _json([f"{EXAMPLES}/models.py:TinyNet", "--input-shape", "3,3,64,64", "--batch", "3"])
     assert d["input_shape"] == [3, 3, 64, 64]
+    d = _json([f"{EXAMPLES}/models.py:TinyNet", "--batch", "2"])
+    assert d["input_shape"][0] == 2
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", f"{EXAMPLES}/models.py:TinyNet",
+                                 "--input-shape", "1,3,64,64", "--batch", "3"])
+    assert r.exit_code == 2
+    assert "--batch 3 disagrees with --input-shape 1,3,64,64" in r.output
 
 
 def test_conv1d_and_conv3d_counted_correctly():

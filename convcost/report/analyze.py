@@ -187,7 +187,7 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
     return d
 
 
-def analysis_dict(report: AnalysisReport) -> dict[str, Any]:
+def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str, Any]:
     """The JSON contract of DESIGN.md section 5 (plus extra fields)."""
     shapes = report.input_shapes
     d: dict[str, Any] = {
@@ -210,6 +210,11 @@ def analysis_dict(report: AnalysisReport) -> dict[str, Any]:
         "layers": [_layer_dict(r) for r in report.layers],
         "notes": report.notes,
     }
+    if depth is not None:  # the collapsed view too (``layers`` stays: the contract)
+        d["depth"] = depth
+        d["modules"] = [{"name": r.name, "type": r.op, "called": r.kind != "(not called)",
+                         "out_shape": r.out_shape, "params": r.params, "macs": r.macs,
+                         "flops": r.flops} for r in _collapse(report, depth)]
     if report.device is not None:
         d["device"] = report.device
     if report.timing is not None:
@@ -221,11 +226,13 @@ _CSV_FIELDS = ["name", "op", "kind", "in_shape", "out_shape", "groups", "kernel"
                "padding", "dilation", "params", "macs", "flops", "latency_ms"]
 
 
-def analysis_csv(report: AnalysisReport) -> str:
+def analysis_csv(report: AnalysisReport, depth: int | None = None) -> str:
+    """One row per layer (per module of the hierarchy at ``depth`` when given), the totals in
+    both conventions, the never-called modules and the not-counted operators."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(_CSV_FIELDS)
-    for r in report.layers:
+    for r in (report.layers if depth is None else _collapse(report, depth)):
         d = _layer_dict(r)
         w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS])
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
@@ -240,7 +247,7 @@ def analysis_csv(report: AnalysisReport) -> str:
     return buf.getvalue()
 
 
-def analysis_markdown(report: AnalysisReport) -> str:
+def analysis_markdown(report: AnalysisReport, depth: int | None = None) -> str:
     timed = _timed(report)
     inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
     headers = ["#", "layer", "op", "kind", "output", "groups", "params", "MACs", "FLOPs", "%MACs"]
@@ -249,7 +256,7 @@ def analysis_markdown(report: AnalysisReport) -> str:
         headers.append("latency")
         align += "r"
     rows = []
-    for i, r in enumerate(report.layers, 1):
+    for i, r in enumerate(report.layers if depth is None else _collapse(report, depth), 1):
         row = [str(i), f"`{r.name}`", r.op, r.kind, shape_str(r.out_shape),
                "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
                human(r.flops), pct(r.macs, report.macs)]
@@ -262,7 +269,8 @@ def analysis_markdown(report: AnalysisReport) -> str:
         total.append(f"**{fmt_ms(report.latency_ms)}**")
     rows.append(total)
     parts = [f"## convcost analyze: {report.name}", "",
-             f"Source `{report.source}`, input {inputs} (BxCxHxW), dtype {report.dtype}, "
+             f"Source `{report.source}`, input {inputs} "
+             f"({', '.join(dims_label(x) for x in report.input_shapes)}), dtype {report.dtype}, "
              f"counter {report.counter}.", "", md_table(headers, rows, align), "",
              "### MACs by operator", "",
              md_table(["operator", "MACs", "FLOPs", "%MACs"],
@@ -278,11 +286,11 @@ def render_analysis(report: AnalysisReport, fmt: str, *, width: int | None = Non
                     depth: int | None = None, show_all: bool = False) -> str:
     """The report as text in ``fmt`` (table text is colourless, for files and tests)."""
     if fmt == "json":
-        return json.dumps(analysis_dict(report), indent=2) + "\n"
+        return json.dumps(analysis_dict(report, depth=depth), indent=2) + "\n"
     if fmt == "csv":
-        return analysis_csv(report)
+        return analysis_csv(report, depth=depth)
     if fmt == "markdown":
-        return analysis_markdown(report)
+        return analysis_markdown(report, depth=depth)
     return to_console_text(analysis_renderables(report, depth=depth, show_all=show_all,
                                                 width=width), width)
 

@@ -320,6 +320,11 @@ def compare_csv(report: Any) -> str:
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
             r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
             r.latency_source, r.skipped, "; ".join(r.warnings))])
+    for note in report.notes:  # convs left as they are (transposed, ...): listed, not dropped
+        if note.startswith("not substituted: "):
+            layer = note.removeprefix("not substituted: ").split(" ", 1)[0]
+            w.writerow([layer, "not substituted", *[""] * 14,
+                        note.removeprefix("not substituted: "), ""])
     return buf.getvalue()
 
 

@@ -34,6 +34,8 @@ def plot_compare(report: Any, path: Path) -> Path:
     else:
         lc = report.layers[0]
         base, rows, title = lc.baseline, lc.rows, report.name
+    if not any(r.latency_ms for r in [base, *rows]):
+        return _plot_counts(plt, [r for r in rows if not r.skipped], title, path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     pts = [r for r in rows if r.ratio_macs and r.ratio_latency]
     if pts:
@@ -69,14 +71,53 @@ def plot_compare(report: Any, path: Path) -> Path:
     ax2.set_ylabel("median latency (ms), bars: IQR")
     ax2.set_title("latency per variant")
     dev = (report.device or {}).get("name", "")
-    fig.suptitle(f"convcost compare: {title}  [{dev}, {(report.device or {}).get('dtype', '')}]")
+    head = f"convcost compare: {title}  [{dev}, {(report.device or {}).get('dtype', '')}]"
+    fig.suptitle(head)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, head)
+
+
+def _plot_counts(plt: Any, rows: list[Any], title: str, path: Path) -> Path:
+    """Without timing: each variant's counted params and MACs ratios next to the closed form."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.8))
+    xs = range(len(rows))
+    w = 0.27
+    ax.bar([x - w for x in xs], [r.ratio_params or 0 for r in rows], w, label="params (counted)")
+    ax.bar(list(xs), [r.ratio_macs or 0 for r in rows], w, label="MACs (counted)")
+    ax.bar([x + w for x in xs], [r.analytic_macs or 0 for r in rows], w, label="closed form",
+           color="lightgrey")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("ratio to the original (log)")
+    ax.legend(fontsize=8)
+    head = f"convcost compare: {title}\ncounted params and MAC ratios (not timed)"
+    ax.set_title(head, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path, head)
 
 
 def plot_analysis(report: Any, path: Path) -> Path:
-    """Per-layer latency vs MACs (log-log), one point per timed conv/linear layer."""
+    """Per-layer latency vs MACs (log-log), one point per timed conv/linear layer; without
+    timing, MACs and params of the 30 largest layers."""
     plt = _plt()
+    if not any(r.latency_ms for r in report.layers):
+        rows = sorted(report.layers, key=lambda r: -r.macs)[:30]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.8))
+        ax.bar(range(len(rows)), [r.macs for r in rows], label="MACs")
+        ax2 = ax.twinx()
+        ax2.plot(range(len(rows)), [r.params for r in rows], "o", color="tab:orange",
+                 label="params")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r.name for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("MACs")
+        ax2.set_ylabel("params")
+        head = (f"convcost analyze: {report.name}\nMACs and params of the largest layers "
+                "(not timed)")
+        ax.set_title(head, fontsize=10)
+        fig.tight_layout()
+        return _save(fig, plt, path, head)
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = [r for r in report.layers if r.latency_ms and r.macs]
     kinds = sorted({r.kind or r.op for r in pts})
@@ -91,20 +132,25 @@ def plot_analysis(report: Any, path: Path) -> Path:
         ax.text(0.5, 0.5, "no latency measured", ha="center", va="center")
     ax.set_xlabel("MACs")
     ax.set_ylabel("median latency (ms)")
-    ax.set_title(f"convcost analyze: {report.name} ({(report.device or {}).get('name', '')})")
+    head = f"convcost analyze: {report.name} ({(report.device or {}).get('name', '')})"
+    ax.set_title(head)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, head)
 
 
-def _save(fig: Any, plt: Any, path: Path) -> Path:
-    """Render the PNG in memory and write it atomically (never a half-written image)."""
+def _save(fig: Any, plt: Any, path: Path, title: str) -> Path:
+    """Render the PNG in memory and write it atomically (never a half-written image); the
+    title is also stored in the PNG's Title text chunk, so scripts can tell the plots apart."""
     import io
 
+    from convcost import __version__
     from convcost.files import atomic_write_bytes
 
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, dpi=110, format="png")
+        fig.savefig(buf, dpi=110, format="png",
+                    metadata={"Title": title.replace("\n", ": "),
+                              "Software": f"convcost {__version__}"})
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue(), "plot")

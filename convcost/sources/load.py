@@ -168,6 +168,9 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
 
 def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int, ...]:
     s = tuple(shape) if shape else DEFAULT_INPUT_SHAPE
+    if batch is not None and shape and batch != shape[0]:
+        raise InputError(f"--batch {batch} disagrees with --input-shape "
+                         f"{','.join(map(str, shape))} (batch {shape[0]}); give the batch once")
     if batch is not None:
         s = (batch, *s[1:])
     return s

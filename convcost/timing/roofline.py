@@ -44,7 +44,8 @@ class Peaks:
 
 
 def calibrate(device: str, *, copy_mib: int | None = None, gemm_n: int | None = None,
-              dtypes: tuple[str, ...] | None = None, max_time_s: float = 1.0) -> Peaks:
+              dtypes: tuple[str, ...] | None = None, max_time_s: float = 1.0,
+              quick: bool = False) -> Peaks:
     """Measure the peaks of ``device`` (sizes default to large ones: 1 GiB copy and 8192^3 GEMM
     on CUDA, 256 MiB and 2048^3 on CPU)."""
     cuda = device.startswith("cuda")
@@ -62,7 +63,7 @@ def calibrate(device: str, *, copy_mib: int | None = None, gemm_n: int | None = 
     bw = 2 * src.numel() * 4 / (m.median_ms / 1e3) / 1e9
     tflops: dict[str, float] = {}
     details: dict[str, Any] = {"copy_bytes": copy_mib * 2**20, "gemm_n": gemm_n,
-                               "copy_ms": m.median_ms}
+                               "copy_ms": m.median_ms, "quick": quick}
     for dt in dtypes:
         nm = Numerics(device=device, dtype=dt)
         try:
@@ -92,9 +93,14 @@ def load_all() -> dict[str, Any]:
         return {}
 
 
-def save(peaks: Peaks) -> Path:
-    """Store ``peaks`` under its fingerprint key in the cache file; returns the path."""
+def save(peaks: Peaks) -> tuple[Path, dict[str, Any] | None]:
+    """Store ``peaks`` under its fingerprint key in the cache file: (the path, the full
+    calibration kept instead when ``peaks`` is a quick one and a full one is already there)."""
     data = load_all()
+    old = data.get(peaks.key)
+    if peaks.details.get("quick") and isinstance(old, dict) and \
+            not (old.get("details") or {}).get("quick"):
+        return cache_file(), old
     data[peaks.key] = peaks.to_dict()
     path = cache_file()
     try:
@@ -103,7 +109,7 @@ def save(peaks: Peaks) -> Path:
         raise InputError(f"{path.parent}: the cache folder cannot be created "
                          f"({e.strerror or e}); set CONVCOST_CACHE_DIR to a writable folder") from e
     atomic_write_text(path, json.dumps(data, indent=2), "calibration cache")
-    return path
+    return path, None
 
 
 def lookup(n: Numerics) -> Peaks | None:
