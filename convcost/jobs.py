@@ -99,6 +99,7 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
                            make_inputs=lambda: loaded.inputs, source=src.source,
                            name=loaded.name, estimated_macs=loaded.estimated_macs,
                            dtype=cfg.numerics.dtype if cfg else (dtype or _spec_dtype(loaded)))
+    report.notes[:0] = loaded.notes
     run = None
     if timing is not None:
         from convcost.timing.measure import time_analysis
@@ -141,7 +142,9 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
                                globs=what.globs, kernel_sizes=what.kernel_sizes,
                                whole_model=what.whole_model)
     except Skip as e:
-        raise InputError(f"{src.source}: {e}") from e
+        why = f" ({'; '.join(loaded.notes)})" if loaded.notes else ""
+        raise InputError(f"{src.source}: {e}{why}") from e
+    report.notes[:0] = loaded.notes
     run = None
     if timing is not None:
         run = _time_compare(report, timing, _spec_dtype(loaded), loaded.model,

@@ -43,6 +43,7 @@ class Loaded:
     kind: str  # spec | python | torchvision | timm | export
     spec: Spec | None = None
     memory_check: bool = True
+    notes: list[str] = field(default_factory=list)  # what loading changed or could not keep
     _inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
 
     @property
@@ -351,24 +352,36 @@ def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True)
     from convcost.sources.pt2_guard import check_archive
 
     check_archive(path)  # before torch sees it: nothing in the archive may run as code
+    import warnings
+
     try:
-        with tensors_only_unpickling():
+        with tensors_only_unpickling(), warnings.catch_warnings():
+            # torch's own deprecation notices about its archive format are not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             ep = torch.export.load(str(path))
-        model = ep.module()
     except ModelError as e:
         raise ModelError(f"{source}: {e}") from e
     except Exception as e:
         raise ModelError(f"{source}: not a loadable torch.export program: {_one_line(e)}") from e
+    from convcost.sources.exported import example_shapes, rebuild
+
+    notes: list[str] = []
+    try:  # the original module tree, with real nn.Conv2d & co. where a leaf is one operator
+        rebuilt = rebuild(ep)
+        model, notes = rebuilt.model, rebuilt.notes
+    except Exception as e:
+        try:
+            model = ep.module()
+        except Exception as e2:
+            raise ModelError(f"{source}: not a loadable torch.export program: "
+                             f"{_one_line(e2)}") from e2
+        notes.append(f"the program could not be unflattened into its modules ({_one_line(e)}); "
+                     "counted as one graph: per-layer rows and substitution are not available")
     # an exported program has fixed example input shapes: take them from its signature
-    try:
-        user = [s.arg.name for s in ep.graph_signature.input_specs
-                if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-        vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
-        shapes = [tuple(int(d) for d in v.shape) for v in vals if v is not None] or [shape]
-    except Exception:  # pragma: no cover - fall back to the requested shape
-        shapes = [shape]
+    shapes = example_shapes(ep) or [shape]
     return Loaded(source, path.stem, model, [tuple(s) for s in shapes], "export",
-                  memory_check=memory_check)
+                  memory_check=memory_check, notes=notes)
 
 
 def _one_line(e: BaseException) -> str:
