@@ -151,3 +151,25 @@ def test_golden_compare_at_terminal_widths(golden, width):
     assert max(len(line) for line in lines) <= width and all(x == x.rstrip() for x in lines)
     assert "variant" in text and "headline" in text  # the essential columns stay
     assert "[1]" in text and "\n[1] skipped:" in text  # notes as numbered footnotes
+
+
+def test_conv1d_and_conv3d_through_the_cli_against_closed_forms():
+    r = run(f"{EXAMPLES.parent}/tests/fixtures/bad_models.py:Convs1d3d", "--input-shape", "1,4,6,5",
+            "--groups", "2", "-f", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    lay = {lc["name"]: {v["label"]: v for v in lc["variants"]} for lc in d["layers"]}
+    # c1: Conv1d 4->8, k=3, g=2, on L=30 (6*5 flattened), padding 1 keeps L
+    L, C, N, K = 30, 4, 8, 3
+    assert lay["c1"]["depthwise"]["params"] == N * K  # from the grouped original: N/C per channel
+    assert lay["c1"]["separable"]["params"] == C * K + C * N
+    assert lay["c1"]["separable"]["macs"] == L * (C * K + C * N)
+    assert lay["c1"]["grouped g=2"]["skipped"]  # already is this conv
+    # c3: Conv3d 4->6, k=3x3x3 on 2x6x5 (padding 1 keeps it)
+    V, C, N = 2 * 6 * 5, 4, 6
+    assert lay["c3"]["grouped g=2"]["macs"] == V * 27 * C * N // 2
+    assert lay["c3"]["separable"]["params"] == C * 27 + C * N
+    assert lay["c3"]["separable"]["formula"] == "1/N + 1/K^3"
+    t = run(f"{EXAMPLES.parent}/tests/fixtures/bad_models.py:Convs1d3d", "--input-shape", "1,4,6,5",
+            "--groups", "2").stdout
+    assert "(1-D) on 30" in t and "(3-D) on 2x6x5" in t

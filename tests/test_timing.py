@@ -239,13 +239,14 @@ def test_calibrate_then_roofline_columns(tmp_path, monkeypatch):
     assert "% bound" in t.stdout and "run `convcost calibrate`" not in t.stdout
 
 
-def test_sigint_keeps_finished_rows(tmp_path):
+@pytest.mark.parametrize("to_file", [True, False])
+def test_sigint_keeps_finished_rows(tmp_path, to_file):
     marker = tmp_path / "timing-started"
     out = tmp_path / "partial.json"
     env = {**os.environ, "CONVCOST_TEST_MARKER": str(marker), "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "convcost", "compare", f"{FAULTY}:SlowNet",
                           "--input-shape", "1,4,8,8", "--groups", "2", "--variants", "grouped",
-                          "--max-time", "3", "-f", "json", "-o", str(out)],
+                          "--max-time", "3", "-f", "json", *(["-o", str(out)] if to_file else [])],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 60
@@ -254,14 +255,19 @@ def test_sigint_keeps_finished_rows(tmp_path):
         assert marker.exists(), p.stderr.read() if p.poll() is not None else "no marker"
         time.sleep(0.3)
         p.send_signal(signal.SIGINT)
-        _, stderr = p.communicate(timeout=60)
+        stdout, stderr = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     assert p.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    d = json.loads(out.read_text())
+    if to_file:
+        assert "the finished rows are written to -o" in stderr and stdout == ""
+        d = json.loads(out.read_text())
+    else:  # no -o: never claims a file was written
+        assert "the finished rows are printed above" in stderr and "-o" not in stderr
+        d = json.loads(stdout)
     assert d["timing"]["interrupted"] is True
     fast = next(x for x in d["layers"] if x["name"] == "fast")
     assert fast["baseline"]["latency_ms"] > 0  # finished before the interrupt: kept
