@@ -48,6 +48,7 @@ class LatencyTarget:
     device: str = "cpu"
     dtype: str = "fp32"
     batch: int | None = None
+    backend: str = "eager"
 
 
 @dataclass
@@ -126,7 +127,8 @@ def _limits(p: _P, d: Any, where: str, *, regression: bool = False,
     for metric, spec in d.items():
         w = f"{where}.{metric}"
         if isinstance(spec, dict):
-            extra = ("device", "dtype", "batch") if metric == "latency" and not regression else ()
+            extra = (("device", "dtype", "batch", "backend") if metric == "latency" and not regression
+                     else ())
             p.keys(spec, (*LEVELS, *extra), w)
             items = [(lv, spec[lv]) for lv in LEVELS if lv in spec]
             if not items:
@@ -168,7 +170,7 @@ def load_budget(path: str | Path) -> Budget:
         raise p.err(f"'version' must be {BUDGET_VERSION} (got {data.get('version')!r})", data,
                     "version" if "version" in data else None)
     defaults = data.get("defaults") or {}
-    p.keys(defaults, ("input", "device", "dtype", "batch"), "defaults")
+    p.keys(defaults, ("input", "device", "dtype", "batch", "backend"), "defaults")
     d_input = _shape(p, defaults["input"], defaults, "input", "defaults") if "input" in defaults else None
     checks_raw = data.get("checks")
     if not isinstance(checks_raw, list) or not checks_raw:
@@ -220,7 +222,8 @@ def load_budget(path: str | Path) -> Budget:
             src = lat_spec if isinstance(lat_spec, dict) else {}
             lat = LatencyTarget(device=str(src.get("device", defaults.get("device", "cpu"))),
                                 dtype=str(src.get("dtype", defaults.get("dtype", "fp32"))),
-                                batch=src.get("batch", defaults.get("batch")))
+                                batch=src.get("batch", defaults.get("batch")),
+                                backend=str(src.get("backend", defaults.get("backend", "eager"))))
             lw = f"{where}.limits.latency"
             if lat.dtype not in ("fp32", "tf32", "fp16", "bf16"):
                 raise p.err(f"latency dtype {lat.dtype!r}; use fp32, tf32, fp16 or bf16", src or c,
@@ -228,6 +231,7 @@ def load_budget(path: str | Path) -> Budget:
             if not re.fullmatch(r"cpu|cuda(:\d+)?", lat.device):
                 raise p.err(f"latency device {lat.device!r}; use cpu, cuda or cuda:N", src or c,
                             "device", lw)
+            _check_backend(p, lat, src or c, lw)
             b = lat.batch
             if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not
                                   1 <= b <= 1 << 20):
@@ -239,6 +243,20 @@ def load_budget(path: str | Path) -> Budget:
     if base is not None and not isinstance(base, str):
         raise p.err(f"'baseline' must be a path, got {base!r}", data, "baseline")
     return Budget(path, checks, (path.parent / base) if isinstance(base, str) else None)
+
+
+def _check_backend(p: _P, lat: LatencyTarget, node: Any, where: str) -> None:
+    """One backend per latency limit, known and installed (its extra named when missing)."""
+    from convcost.timing.backends import BACKENDS, parse_backends
+
+    if lat.backend not in BACKENDS:
+        raise p.err(f"latency backend {lat.backend!r}; use one of {', '.join(BACKENDS)}",
+                    node, "backend", where)
+    try:  # a CUDA limit on a machine without CUDA is skipped later, not refused here
+        parse_backends(lat.backend, lat.device if lat.device == "cpu" else None,
+                       what="backend")
+    except InputError as e:
+        raise p.err(str(e), node, "backend", where) from e
 
 
 def _resolve_model(model: str, budget_path: Path) -> str:
@@ -497,7 +515,7 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
                   device=n.device, enabled=memory_check)
             phase("timing the model", None)
             # a gate measures fresh: no latency table, no budget (the cap bounds it)
-            engine = TimingEngine(cfg, budget_s=None)
+            engine = TimingEngine(cfg, budget_s=None, backend=lat.backend)
             (key,) = engine.add_group([Kernel(loaded.model, shapes, None, a.macs,
                                               f"model {check.name}", "model")], paired=False)
             engine.run()
@@ -511,7 +529,8 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
             else:
                 metrics["latency_ms"] = meas.median_ms
                 metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
-                                      "n": meas.n, "converged": meas.converged}
+                                      "n": meas.n, "converged": meas.converged,
+                                      "backend": engine.backend_info, "setup_s": kr.setup_s}
     return CheckMeasure(metrics, a.layers, notices)
 
 

@@ -261,6 +261,11 @@ def timing_options(f: Callable) -> Callable:
                      help="Re-measure everything instead of reusing the latency table."),
         click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
+        click.option("--backend", "backend", default="eager", show_default=True,
+                     metavar="NAME[,NAME...]",
+                     help="Runtime(s) to time on, side by side: eager, inductor (torch.compile), "
+                          "onnxruntime (convcost[onnx]), openvino (convcost[openvino], CPU). "
+                          "Setup (compile, export) is reported apart from the timings."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -269,15 +274,22 @@ def timing_options(f: Callable) -> Callable:
 
 def _timing_request(do_time: bool, device: str, dtype: str | None, channels_last: bool | None,
                     threads: int | None, cold: bool, max_time: float, time_budget: float | None,
-                    fresh: bool) -> Any:
-    """What to time with, validated now (a bad --device is an error even with --no-time)."""
+                    fresh: bool, backend: str = "eager") -> Any:
+    """What to time with, validated now (a bad --device or --backend is an error even with
+    --no-time; a missing extra is named before any work)."""
     from convcost.jobs import TimingRequest
+    from convcost.timing.backends import DEFAULT, parse_backends
     from convcost.timing.device import resolve_device
 
     dev = resolve_device(device)
+    backends = parse_backends(backend, dev if do_time else None)
     if not do_time:
+        if backends != (DEFAULT,):
+            raise InputError(f"--backend {','.join(backends)} times kernels: drop --no-time (or "
+                             "--backend)")
         return None
-    return TimingRequest(dev, dtype, channels_last, threads, cold, max_time, time_budget, fresh)
+    return TimingRequest(dev, dtype, channels_last, threads, cold, max_time, time_budget, fresh,
+                         backends=backends)
 
 
 def _check_outputs(**paths: Path | None) -> None:
@@ -430,8 +442,9 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
             input_shape: tuple[int, ...] | None, depth: int | None, show_all: bool,
             export_spec: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, timeout: float, wide: bool, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, backend: str,
+            model_args: tuple[str, ...], count_on: str, timeout: float, wide: bool,
+            ignore_memory: bool) -> None:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
     from convcost import isolation, jobs
     from convcost.report.analyze import analysis_renderables, render_analysis
@@ -443,7 +456,7 @@ def analyze(source: str, fmt: str, output: Path | None, batch: int | None,
     src = jobs.SourceRequest(source, input_shape, batch, parse_model_args(model_args),
                              not ignore_memory, count_on)
     timing = _timing_request(do_time, device, dtype, channels_last, threads, cold, max_time,
-                             time_budget, fresh)
+                             time_budget, fresh, backend)
     result = isolation.call(jobs.run_analyze, src, timing, dtype, progress_for,
                             isolate=jobs.needs_isolation(source), label=source, timeout_s=timeout)
     report, run = result.report, result.run
@@ -509,8 +522,9 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
             kernel_sizes: tuple[int, ...] | None, model_only: bool, no_model: bool, fmt: str,
             output: Path | None, do_time: bool, device: str, dtype: str | None,
             channels_last: bool | None, threads: int | None, cold: bool, max_time: float,
-            time_budget: float, fresh: bool, plot: Path | None, model_args: tuple[str, ...],
-            count_on: str, timeout: float, wide: bool, ignore_memory: bool) -> None:
+            time_budget: float, fresh: bool, plot: Path | None, backend: str,
+            model_args: tuple[str, ...], count_on: str, timeout: float, wide: bool,
+            ignore_memory: bool) -> None:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
 
     \b
@@ -534,7 +548,7 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
                   if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     globs = tuple(g for item in layer_globs for g in item.split(",") if g)
     timing = _timing_request(do_time, device, dtype, channels_last, threads, cold, max_time,
-                             time_budget, fresh)
+                             time_budget, fresh, backend)
     if source is None:
         if globs or kernel_sizes or input_shape or model_only or no_model or model_args:
             raise InputError("--layers, --kernel-size, --input-shape, --model-only, --no-model "

@@ -28,6 +28,7 @@ class TimingRequest:
     budget_s: float | None
     fresh: bool = False
     use_table: bool = True
+    backends: tuple[str, ...] = ("eager",)
 
     def config(self, default_dtype: str = "fp32") -> Any:
         from convcost.timing.device import Numerics
@@ -39,13 +40,16 @@ class TimingRequest:
         return TimingConfig(numerics=Numerics(self.device, dt, cl, self.threads), cold=self.cold,
                             max_time_s=self.max_time_s)
 
-    def engine(self, cfg: Any, progress: Any) -> Any:
+    def engines(self, cfg: Any, progress: Any) -> list[Any]:
+        """One timing engine per backend, in the order asked, sharing the latency table."""
         from convcost.timing.engine import TimingEngine
         from convcost.timing.table import LatencyTable
 
         table = LatencyTable.open() if self.use_table else LatencyTable.disabled()
-        return TimingEngine(cfg, table=table, budget_s=self.budget_s, fresh=self.fresh,
-                            progress=progress)
+        several = len(self.backends) > 1
+        return [TimingEngine(cfg, table=table, budget_s=self.budget_s, fresh=self.fresh,
+                             backend=b, progress=_Labelled(progress, b) if several else progress)
+                for b in self.backends]
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
         phase("timing the model", _timing_allowance(timing))
         with _progress(progress) as prog:
             run = time_analysis(report, loaded.model, loaded.input_shapes,
-                                timing.engine(cfg, prog))
+                                timing.engines(cfg, prog))
     return Result(report, run)
 
 
@@ -170,7 +174,7 @@ def _time_compare(report: Any, timing: TimingRequest, default_dtype: str, model:
     report.dtype = cfg.numerics.dtype
     phase("timing the variants", _timing_allowance(timing))
     with _progress(progress) as prog:
-        return time_compare(report, timing.engine(cfg, prog), model, shapes)
+        return time_compare(report, timing.engines(cfg, prog), model, shapes)
 
 
 def _timing_allowance(timing: TimingRequest) -> float | None:
@@ -178,6 +182,19 @@ def _timing_allowance(timing: TimingRequest) -> float | None:
     if timing.budget_s is None:
         return None
     return timing.budget_s + TIMING_MARGIN_S
+
+
+class _Labelled:
+    """A progress that names the backend of each item (several backends in one run)."""
+
+    def __init__(self, inner: Any, backend: str) -> None:
+        self.inner, self.backend = inner, backend
+
+    def start(self, total: int, budget_s: float | None = None) -> None:
+        self.inner.start(total, budget_s)
+
+    def advance(self, label: str) -> None:
+        self.inner.advance(f"[{self.backend}] {label}")
 
 
 class _NullProgress:

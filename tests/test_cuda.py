@@ -96,3 +96,28 @@ def test_analyze_resnet_on_cuda_dedups_kernels():
     e = d["timing"]["engine"]
     assert e["unique_kernels"] < 54  # 53 convs + fc + model share kernels
     assert d["totals"]["latency_ms"] > 0
+
+
+def test_backends_on_cuda_outputs_checked():
+    """inductor (triton) and onnxruntime (CUDA execution provider, on torch's stream, I/O bound
+    to CUDA tensors) where installed: rows filled, outputs within tolerance of eager."""
+    from convcost.timing import backends
+
+    names = [b for b in ("inductor", "onnxruntime") if not backends.get(b).unavailable("cuda:0")]
+    if not names:
+        pytest.skip("neither triton nor onnxruntime-gpu is installed")
+    r = CliRunner().invoke(cli, ["compare", "--device", "cuda", "--in", "16", "--out", "16",
+                                 "--size", "16", "--batch", "4", "--groups", "1,4",
+                                 "--variants", "grouped,depthwise", "--max-time", "0.1",
+                                 "--backend", ",".join(["eager", *names]), "-f", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    for row in (d["baseline"], *d["variants"]):
+        for b in names:
+            fig = row["backends"][b]
+            assert fig["latency_ms"] is not None, (b, row["label"], fig["timing"].get("error"))
+            chk = fig["timing"]["output_check"]
+            assert chk["max_rel_err"] <= chk["tolerance"]
+    if "onnxruntime" in names:
+        fp = d["timing"]["backends"]["onnxruntime"]["fingerprint"]
+        assert fp["provider"] == "CUDAExecutionProvider"

@@ -66,6 +66,7 @@ class LayerRow:
     calls: int = 1
     latency_ms: float | None = None
     timing: dict[str, Any] | None = None  # measurement and roofline when timed
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: latency_ms, timing
 
     @property
     def flops(self) -> int:
@@ -106,6 +107,7 @@ class AnalysisReport:
     device: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
     never_called: list[tuple[str, int]] = field(default_factory=list)  # (module, its params)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: whole-model latency
 
     @property
     def flops(self) -> int:

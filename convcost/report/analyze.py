@@ -38,6 +38,19 @@ def _timed(report: AnalysisReport) -> bool:
     return report.latency_ms is not None or any(r.latency_ms is not None for r in report.layers)
 
 
+def _extra_backends(report: AnalysisReport) -> list[str]:
+    """Backends after the first (whose figures are the rows' own latency fields)."""
+    return list(report.backends)[1:]
+
+
+def _primary_suffix(report: AnalysisReport) -> str:
+    return f" {next(iter(report.backends))}" if len(report.backends) > 1 else ""
+
+
+def _on(r: LayerRow, b: str) -> float | None:
+    return (r.backends.get(b) or {}).get("latency_ms")
+
+
 MAX_TABLE_ROWS = 300  # beyond this, the table view is collapsed (unless --all)
 
 
@@ -76,7 +89,11 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     timed = _timed(report)
     inputs = ", ".join(f"{shape_str(s, batch=True)} ({dims_label(s)})" for s in report.input_shapes)
     rows, collapsed = table_rows(report, depth, show_all)
-    tcols, roof, peaks = timing_cols(report.layers, timed, fmt_ms(report.latency_ms))
+    tcols, roof, peaks = timing_cols(report.layers, timed, fmt_ms(report.latency_ms),
+                                     label=f"latency{_primary_suffix(report)}")
+    extra = _extra_backends(report) if timed else []
+    tcols += [Col(f"latency {b}", "right", 74, fmt_ms(report.backends[b].get("latency_ms")))
+              for b in extra]
     cached = timed and any(source_cell(r.timing) for r in report.layers)
     cols = [Col("#", "right", 20), Col("layer", "left", 100, "total"), Col("op", "left", 45),
             Col("kind", "left", 55), Col("output", "right", 50), Col("groups", "right", 40),
@@ -95,6 +112,7 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
             cells += [fmt_ms(r.latency_ms), iqr_cell(r.timing)]
         if roof:
             cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+        cells += [_extra_cell(r, b) for b in extra]
         if cached:
             cells.append(source_cell(r.timing))
         cells_rows.append(cells)
@@ -109,6 +127,13 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     out.extend(_warnings(report))
     out.append(Text(CONVENTION_LINE, style="dim"))
     return out
+
+
+def _extra_cell(r: LayerRow, b: str) -> str:
+    t = (r.backends.get(b) or {}).get("timing") or {}
+    if _on(r, b) is None and t.get("error"):
+        return "failed"
+    return fmt_ms(_on(r, b))
 
 
 def _collapse(report: AnalysisReport, depth: int) -> list[LayerRow]:
@@ -184,6 +209,8 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
         d["calls"] = r.calls
     if r.timing is not None:
         d["timing"] = r.timing
+    if r.backends:
+        d["backends"] = r.backends
     return d
 
 
@@ -219,6 +246,10 @@ def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str,
         d["device"] = report.device
     if report.timing is not None:
         d["timing"] = report.timing
+    if report.backends:
+        d["totals"]["backends"] = {b: {"latency_ms": v.get("latency_ms")}
+                                   for b, v in report.backends.items()}
+        d["backends"] = report.backends
     return d
 
 
@@ -231,12 +262,15 @@ def analysis_csv(report: AnalysisReport, depth: int | None = None) -> str:
     both conventions, the never-called modules and the not-counted operators."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_CSV_FIELDS)
+    extra = _extra_backends(report)
+    w.writerow(_CSV_FIELDS + [f"latency_ms:{b}" for b in extra])
     for r in (report.layers if depth is None else _collapse(report, depth)):
         d = _layer_dict(r)
-        w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS])
+        w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS]
+                   + [csv_cell(_on(r, b)) for b in extra])
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
-                report.flops, csv_cell(report.latency_ms)])
+                report.flops, csv_cell(report.latency_ms)]
+               + [csv_cell(report.backends[b].get("latency_ms")) for b in extra])
     w.writerow(["total (conv + linear + attention: papers' convention)", "", "", "", "", "", "",
                 "", "", "", report.params, report.paper_macs, 2 * report.paper_macs, ""])
     for n, p in report.never_called:
@@ -252,21 +286,23 @@ def analysis_markdown(report: AnalysisReport, depth: int | None = None) -> str:
     inputs = ", ".join(shape_str(s, batch=True) for s in report.input_shapes)
     headers = ["#", "layer", "op", "kind", "output", "groups", "params", "MACs", "FLOPs", "%MACs"]
     align = "rlllrrrrrr"
+    extra = _extra_backends(report) if timed else []
     if timed:
-        headers.append("latency")
-        align += "r"
+        headers += [f"latency{_primary_suffix(report)}", *[f"latency {b}" for b in extra]]
+        align += "r" * (1 + len(extra))
     rows = []
     for i, r in enumerate(report.layers if depth is None else _collapse(report, depth), 1):
         row = [str(i), f"`{r.name}`", r.op, r.kind, shape_str(r.out_shape),
                "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
                human(r.flops), pct(r.macs, report.macs)]
         if timed:
-            row.append(fmt_ms(r.latency_ms))
+            row += [fmt_ms(r.latency_ms), *[_extra_cell(r, b) for b in extra]]
         rows.append(row)
     total = ["", "**total**", "", "", "", "", f"**{human(report.params)}**",
              f"**{human(report.macs)}**", f"**{human(report.flops)}**", "100.0%"]
     if timed:
-        total.append(f"**{fmt_ms(report.latency_ms)}**")
+        total += [f"**{fmt_ms(report.latency_ms)}**",
+                  *[f"**{fmt_ms(report.backends[b].get('latency_ms'))}**" for b in extra]]
     rows.append(total)
     parts = [f"## convcost analyze: {report.name}", "",
              f"Source `{report.source}`, input {inputs} "

@@ -58,6 +58,7 @@ def budget_renderables(report: Any, width: int | None = None) -> list[Renderable
         out.append(Text(f"SKIP {check}: {', '.join(metrics)}: {why}", style="dim"))
     for n in report.notices:
         out.append(Text(f"notice: {n}", style="cyan"))
+    out.extend(Text(line, style="dim") for line in latency_lines(report))
     nf, nw, ne = len(report.failed), len(report.warned), len(report.errors)
     summary = (f"{nf} failed, {nw} warned, {sum(r.verdict == 'pass' for r in report.results)} "
                f"passed, {sum(r.verdict == 'skip' for r in report.results)} skipped"
@@ -65,6 +66,21 @@ def budget_renderables(report: Any, width: int | None = None) -> list[Renderable
     bad = nf or ne or report.interrupted
     out.append(Text(("FAILED: " if bad else "PASSED: ") + summary,
                     style="bold red" if bad else "bold green"))
+    return out
+
+
+def latency_lines(report: Any) -> list[str]:
+    """'latency of tiny: cpu fp32 on onnxruntime 1.32.0 (CPUExecutionProvider), setup 0.2 s
+    outside the timing' for each measured latency not on eager."""
+    out = []
+    for check, m in (report.metrics or {}).items():
+        lat = (m or {}).get("latency") or {}
+        b = lat.get("backend") or {}
+        if b and b.get("name") != "eager":
+            setup = lat.get("setup_s")
+            out.append(f"latency of {check}: {lat.get('device')} {lat.get('dtype')} on "
+                       f"{b.get('name')} {b.get('version')} ({b.get('provider')})"
+                       + (f", setup {setup:.1f} s outside the timing" if setup else ""))
     return out
 
 

@@ -34,17 +34,18 @@ def dims_label(shape: list[int] | tuple[int, ...] | None) -> str:
     return {2: "BxF", 3: "BxCxL", 4: "BxCxHxW", 5: "BxCxDxHxW"}.get(n, "x".join(["d"] * n) or "-")
 
 
-def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "") -> tuple[list[Any], bool,
-                                                                               bool]:
+def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "",
+                label: str = "latency") -> tuple[list[Any], bool, bool]:
     """Latency columns (when timed), roofline ones (when any row has one; % bound and bound when
-    calibrated), with their priorities: (columns, roof, peaks)."""
+    calibrated), with their priorities: (columns, roof, peaks). ``label`` names the latency
+    column ('latency eager' when several backends are shown)."""
     from convcost.report.layout import Col
 
     roof = timed and any((r.timing or {}).get("roofline") for r in rows)
     peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
     cols = []
     if timed:
-        cols += [Col("latency", "right", 75, latency_footer), Col("±IQR", "right", 35)]
+        cols += [Col(label, "right", 75, latency_footer), Col("±IQR", "right", 35)]
     if roof:
         cols += [Col("TFLOP/s", "right", 15), Col("GB/s", "right", 12)]
     if peaks:
@@ -117,8 +118,17 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
                      f"{fmt_ms(timing['layers_sum_ms'])}")
         out.append(Text(line))
     eng = timing.get("engine") or {}
-    if eng:
+    bk = timing.get("backends") or {}
+    if len(bk) > 1:
+        spent = sum(b.get("timing_s") or 0.0 for b in bk.values())
+        line = f"timing: {len(bk)} backends, one after the other"
+        if eng.get("time_budget_s") is not None:
+            line += f"; {spent:.1f} s of a {eng['time_budget_s']:g} s budget"
+        out.append(Text(line, style="dim"))
+    elif eng:
         out.append(Text(engine_line(eng), style="dim"))
+    if len(bk) > 1 or any(name != "eager" for name in bk):
+        out += [Text(backend_line(name, b), style="dim") for name, b in bk.items()]
     for n in timing.get("notices", []):
         out.append(Text(f"notice: {n}", style="cyan"))
     if not timing.get("roofline_peaks"):
@@ -165,6 +175,33 @@ def engine_line(eng: dict[str, Any]) -> str:
         line += f"; {eng.get('timing_s', 0):.1f} s of a {eng['time_budget_s']:g} s budget"
     if eng.get("cached"):
         line += " (--fresh re-measures)"
+    return line
+
+
+SETUP_WORDS = {"inductor": "compile", "onnxruntime": "export + session",
+               "openvino": "export + compile"}
+
+
+def backend_line(name: str, b: dict[str, Any]) -> str:
+    """'backend onnxruntime 1.32.0 (CPUExecutionProvider, 2 threads, ORT_ENABLE_ALL): 4 measured;
+    setup (export + session) 0.4 s, outside the timings'."""
+    fp = b.get("fingerprint") or {}
+    bits = [str(x) for x in (fp.get("provider"),
+                             f"{fp['threads']} threads" if fp.get("threads") else None,
+                             fp.get("graph_opt"),
+                             f"precision {fp['precision']}" if fp.get("precision") else None) if x]
+    line = f"backend {name} {fp.get('version', '')}".rstrip() + (f" ({', '.join(bits)})" if bits
+                                                                  else "")
+    counts = [f"{b[k]} {w}" for k, w in (("measured", "measured"), ("cached", "cached"),
+                                          ("failed", "failed"),
+                                          ("not_measured_budget", "over budget"),
+                                          ("interrupted", "interrupted")) if b.get(k)]
+    line += ": " + (", ".join(counts) or "nothing to measure")
+    if b.get("timing_s") is not None and b.get("measured"):
+        line += f" in {max(0.0, b['timing_s'] - (b.get('setup_s') or 0.0)):.1f} s"
+    if b.get("setup_s"):
+        line += (f"; setup ({SETUP_WORDS.get(name, 'setup')}) {b['setup_s']:.1f} s, outside the "
+                 "timings")
     return line
 
 

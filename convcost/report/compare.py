@@ -59,15 +59,29 @@ def _latency_phrase(row: Any) -> str:
     return f"latency {fmt_ratio(row.ratio_latency)}"
 
 
-def _headline(row: Any) -> str:
-    """'MACs x0.031, latency x6.40', 'MACs x0.25, noisy: x0.2-x1.4' or 'MACs x1.00, = original'."""
+def _headline(row: Any, backends: list[str | None] | None = None) -> str:
+    """'MACs x0.031, latency x6.40', 'MACs x0.25, noisy: x0.2-x1.4' or 'MACs x1.00, = original';
+    with several backends one latency phrase each: 'MACs x0.25, latency x0.63 eager, latency
+    x0.40 onnxruntime'."""
     if row.skipped:
         return "skipped"
     parts = [f"MACs {fmt_ratio(row.ratio_macs)}"]
-    lat = _latency_phrase(row)
-    if lat:
-        parts.append(lat)
-    return ", ".join(parts)
+    names = backends or [None]
+    if len(names) == 1:
+        lat = _latency_phrase(row.on(names[0]))
+        return ", ".join([*parts, lat] if lat else parts)
+    if all(row.on(b).latency_source == SAME for b in names):
+        return f"{parts[0]}, = original"
+    lats = [f"{_latency_phrase(row.on(b)).removeprefix('latency ')} {b}" for b in names
+            if _latency_phrase(row.on(b))]
+    return ", ".join([*parts, "latency " + " / ".join(lats)] if lats else parts)
+
+
+def backend_names(report: Any) -> list[str | None]:
+    """The backends of a timed report when there are several (in run order), else [None]: the
+    row's own fields."""
+    names = list(((report.timing or {}).get("backends") or {}).keys())
+    return names if len(names) > 1 else [None]
 
 
 def _ratio_cell(row: Any) -> str:
@@ -82,18 +96,23 @@ def _ratio_cell(row: Any) -> str:
     return f"{fmt_ratio(row.ratio_latency)} [{lo:.3g}, {hi:.3g}]"
 
 
-def _note(row: Any) -> str:
+def _note(row: Any, backends: list[str | None] | None = None) -> str:
     """The row's notes in one cell (Markdown, the wide form)."""
-    return "; ".join(_notes(row))
+    return "; ".join(_notes(row, backends))
 
 
-def _notes(row: Any) -> list[str]:
+def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
     if row.skipped:
         return [f"skipped: {row.skipped}"]
     notes = list(row.warnings)
-    err = (row.timing or {}).get("error")
-    if err:
-        notes.insert(0, f"timing failed: {err}")
+    names = backends or [None]
+    for b in reversed(names):
+        rb = row.on(b)
+        err = (rb.timing or {}).get("error")
+        if err:
+            notes.insert(0, f"{b}: {err}" if b is not None else f"timing failed: {err}")
+        elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED) and b != names[0]:
+            notes.append(f"{b}: {_status_word(rb.latency_source)}")
     if row.latency_source == SAME:
         notes.insert(0, "same kernel as the original: not timed again")
     elif row.latency_source == BUDGET:
@@ -106,6 +125,11 @@ def _notes(row: Any) -> list[str]:
     if g is not None and row.latency_source != SAME:
         notes.append(f"CUDA graph: {fmt_ms(g)}")
     return notes
+
+
+def _status_word(source: str | None) -> str:
+    return {BUDGET: "not measured (budget)", INTERRUPTED: "not measured (interrupted)"}.get(
+        source or "", "not measured")
 
 
 def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
@@ -130,16 +154,29 @@ def _any_latency(report: Any) -> bool:
 def compare_renderables(report: Any, *, per_layer: bool = True,
                         width: int | None = None) -> list[RenderableType]:
     """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE), fitted to
-    ``width`` (None: every column); notes as numbered footnotes below."""
+    ``width`` (None: every column); notes as numbered footnotes below. With several backends,
+    a latency and a latency-ratio column per backend."""
     timed = _any_latency(report)
+    bn = backend_names(report)
+    extra = [b for b in bn[1:] if b is not None]
+    suffix = f" {bn[0]}" if bn[0] is not None else ""
     notes = Notes()
     dropped: list[str] = []
     out: list[RenderableType] = []
+
+    def extra_cols() -> list[Col]:
+        return [c for b in extra for c in (Col(f"latency {b}", "right", 74),
+                                           Col(f"latency ratio {b}", "right", 65))]
+
+    def extra_cells(r: Any, first: bool) -> list[str]:
+        return [c for b in extra for c in (_latency_cell(r.on(b)),
+                                           "" if first else _ratio_cell(r.on(b)))]
+
     if per_layer or not report.is_model:
         title = (f"convcost compare: {report.name}" if not report.is_model
                  else f"convcost compare: {report.name}, per layer")
         all_rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
-        tcols, roof, peaks = timing_cols(all_rows, timed)
+        tcols, roof, peaks = timing_cols(all_rows, timed, label=f"latency{suffix}")
         cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
                 if report.is_model else [])
         cols += [Col("variant", "left", 100), Col("params", "right", 62),
@@ -147,7 +184,7 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
                  Col("params ratio", "right", 52), Col("analytic", "right", 72),
                  Col("formula", "left", 30), *tcols]
         if timed:
-            cols.append(Col("latency ratio", "right", 66))
+            cols += [Col(f"latency ratio{suffix}", "right", 66), *extra_cols()]
         cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
         rows, sections = [], []
         for lc in report.layers:
@@ -165,8 +202,8 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
                 if roof:
                     cells += roof_cells((r.timing or {}).get("roofline"), peaks)
                 if timed:
-                    cells.append("" if first else _ratio_cell(r))
-                cells += ["baseline" if first else _headline(r), notes.ref(_notes(r))]
+                    cells += ["" if first else _ratio_cell(r), *extra_cells(r, first)]
+                cells += ["baseline" if first else _headline(r, bn), notes.ref(_notes(r, bn))]
                 rows.append(cells)
         t, d = fit_table(cols, rows, width=width, title=title, sections=sections)
         out += [t, Text(f"source {report.source}  |  ratios to the layer as it is ('original')")]
@@ -177,8 +214,8 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
                 Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
                 Col("analytic (convs)", "right", 72)]
         if timed:
-            cols += [Col("latency", "right", 75), Col("±IQR", "right", 35),
-                     Col("latency ratio", "right", 66)]
+            cols += [Col(f"latency{suffix}", "right", 75), Col("±IQR", "right", 35),
+                     Col(f"latency ratio{suffix}", "right", 66), *extra_cols()]
         cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
         rows = []
         for r in [report.model_baseline, *report.model_rows]:
@@ -187,8 +224,9 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
                      human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                      fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
             if timed:
-                cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r)]
-            cells += ["baseline" if base else _headline(r), notes.ref(_notes(r))]
+                cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r),
+                          *extra_cells(r, base)]
+            cells += ["baseline" if base else _headline(r, bn), notes.ref(_notes(r, bn))]
             rows.append(cells)
         m, d = fit_table(cols, rows, width=width,
                          title=f"convcost compare: {report.name}, whole model "
@@ -222,10 +260,12 @@ def _footer(report: Any) -> list[Text]:
                 continue
             key = "original" if r is report.model_baseline else r.label
             parts.append(f"{r.label} {fmt_ms(r.latency_ms)} / {fmt_ms(sums.get(key))}")
-        out.append(Text("whole model / the sum of its selected convs timed alone: "
+        first = backend_names(report)[0]
+        on = f" ({first})" if first is not None else ""
+        out.append(Text(f"whole model / the sum of its selected convs timed alone{on}: "
                         + "; ".join(parts)))
     out.extend(timing_lines(report.timing, report.device, None))
-    noisy = [r for r in _all_rows(report) if _noisy(r)]
+    noisy = [r.on(b) for r in _all_rows(report) for b in backend_names(report) if _noisy(r.on(b))]
     if noisy:
         out.append(Text(f"note: {len(noisy)} latency ratio(s) too noisy to quote (95% interval "
                         "wider than half the ratio; shown as 'noisy: lo-hi'): for a firmer figure "
@@ -258,6 +298,13 @@ def _row_dict(r: Any) -> dict[str, Any]:
     }
     if r.timing is not None:
         d["timing"] = r.timing
+    if r.backends:
+        d["backends"] = {name: {"latency_ms": f.latency_ms, "ratio_latency": f.ratio_latency,
+                                "latency_ratio_ci": list(f.latency_ci) if f.latency_ci else None,
+                                "latency_rounds": f.latency_rounds,
+                                "latency_source": f.latency_source, "cached_at": f.cached_at,
+                                "timing": f.timing}
+                         for name, f in r.backends.items()}
     if r.substituted is not None:
         d["substituted"] = r.substituted
         d["kept"] = [{"layer": n, "reason": why} for n, why in r.kept]
@@ -310,54 +357,77 @@ _CMP_FIELDS = ["layer", "variant", "groups", "params", "macs", "flops", "ratio_p
                "skipped", "warnings"]
 
 
+_BACKEND_FIELDS = ["latency_ms", "ratio_latency", "ratio_latency_lo", "ratio_latency_hi",
+                   "latency_source"]
+
+
+def _backend_cells(r: Any) -> list[Any]:
+    lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
+    return [r.latency_ms, r.ratio_latency, lo, hi, r.latency_source]
+
+
 def compare_csv(report: Any) -> str:
+    """One row per layer variant (and whole-model variant); the latency fields are the first
+    backend's, and with several backends each gets its own ``<field>:<backend>`` columns."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_CMP_FIELDS)
+    extra = [b for b in backend_names(report) if b is not None]
+    w.writerow(_CMP_FIELDS + [f"{f}:{b}" for b in extra for f in _BACKEND_FIELDS])
     for r in _all_rows(report):
         lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
         w.writerow([csv_cell(v) for v in (
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
             r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
-            r.latency_source, r.skipped, "; ".join(r.warnings))])
+            r.latency_source, r.skipped, "; ".join(r.warnings),
+            *[c for b in extra for c in _backend_cells(r.on(b))])])
     for note in report.notes:  # convs left as they are (transposed, ...): listed, not dropped
         if note.startswith("not substituted: "):
             layer = note.removeprefix("not substituted: ").split(" ", 1)[0]
             w.writerow([layer, "not substituted", *[""] * 14,
-                        note.removeprefix("not substituted: "), ""])
+                        note.removeprefix("not substituted: "), "",
+                        *[""] * (len(extra) * len(_BACKEND_FIELDS))])
     return buf.getvalue()
 
 
 def compare_markdown(report: Any) -> str:
     timed = _any_latency(report)
+    bn = backend_names(report)
+    suffix = f" {bn[0]}" if bn[0] is not None else ""
+    extra = [b for b in bn[1:] if b is not None]
+    lat_heads = ([f"latency{suffix}", f"latency ratio{suffix}"]
+                 + [h for b in extra for h in (f"latency {b}", f"latency ratio {b}")]) if timed else []
+
+    def lat_cells(r: Any, base: bool) -> list[str]:
+        if not timed:
+            return []
+        return [c for b in bn for c in (_latency_cell(r.on(b)),
+                                        "" if base else _ratio_cell(r.on(b)))]
+
     parts = [f"## convcost compare: {report.name}", "", f"Source `{report.source}`. Ratios are "
              "variant / original; analytic is the closed form (weights, bias excluded).", ""]
     headers = ["layer", "variant", "params", "MACs", "params ratio", "MACs ratio", "analytic",
-               "formula"] + (["latency", "latency ratio"] if timed else []) + ["headline", "note"]
+               "formula", *lat_heads, "headline", "note"]
     rows = []
     for lc in report.layers:
         for r, label in _merged([lc.baseline, *lc.rows]):
+            base = r is lc.baseline
             row = [f"`{lc.name}`" if report.is_model else "layer", label, human(r.params),
                    human(r.macs), fmt_ratio(r.ratio_params), fmt_ratio(r.ratio_macs),
-                   fmt_ratio(r.analytic_macs), r.formula or ""]
-            if timed:
-                row += [_latency_cell(r), "" if r is lc.baseline else _ratio_cell(r)]
-            rows.append([*row, _headline(r) if r is not lc.baseline else "baseline", _note(r)])
-    parts.append(md_table(headers, rows, "llrrrrrl" + ("rr" if timed else "") + "ll"))
+                   fmt_ratio(r.analytic_macs), r.formula or "", *lat_cells(r, base)]
+            rows.append([*row, "baseline" if base else _headline(r, bn), _note(r, bn)])
+    parts.append(md_table(headers, rows, "llrrrrrl" + "r" * len(lat_heads) + "ll"))
     if report.is_model:
         mh = ["variant", "replaced", "params", "MACs", "params ratio", "MACs ratio",
-              "analytic (convs)"] + (["latency", "latency ratio"] if timed else []) + ["headline",
-                                                                                       "note"]
+              "analytic (convs)", *lat_heads, "headline", "note"]
         mrows = []
         for r in [report.model_baseline, *report.model_rows]:
+            base = r is report.model_baseline
             row = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                    human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
-                   fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
-            if timed:
-                row += [_latency_cell(r), "" if r is report.model_baseline else _ratio_cell(r)]
-            mrows.append([*row, _headline(r) if r is not report.model_baseline else "baseline",
-                          _note(r)])
-        parts += ["", "### Whole model", "", md_table(mh, mrows, "lrrrrrr" + ("rr" if timed else "") + "ll")]
+                   fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs), *lat_cells(r, base)]
+            mrows.append([*row, "baseline" if base else _headline(r, bn), _note(r, bn)])
+        parts += ["", "### Whole model", "",
+                  md_table(mh, mrows, "lrrrrrr" + "r" * len(lat_heads) + "ll")]
     for w in _footer(report):
         parts += ["", f"> {w.plain}"]
     parts += ["", f"_{CONVENTION_LINE}_", "", f"_{LEGEND}_", ""]

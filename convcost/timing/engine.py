@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from convcost import __version__
+from convcost.timing import backends
 from convcost.timing.device import fingerprint, numerics
 from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_group
 from convcost.timing.kernel import Kernel, kernel_key
@@ -63,6 +64,8 @@ class KernelResult:
     measurement: Measurement | None = None
     cached_at: str | None = None
     error: str | None = None
+    setup_s: float | None = None  # compile / export / session time (non-eager backends)
+    check: dict[str, Any] | None = None  # the output check against eager (non-eager backends)
 
     @property
     def median_ms(self) -> float | None:
@@ -126,6 +129,12 @@ class TimingEngine:
 
     def __post_init__(self) -> None:
         self.device = fingerprint(self.cfg.numerics, self.batch)
+        self.runtime = backends.get(self.backend)
+        self.backend_info = self.runtime.info(self.cfg.numerics)
+        self._backend_id = self.runtime.key_id(self.cfg.numerics)
+        self.setup_s = 0.0
+        self._setups = 0
+        self.budget_slice_s = self.budget_s  # this backend's share when several run
         self._kernels: dict[str, Kernel] = {}
         self._group_keys: set[tuple[tuple[str, ...], bool]] = set()
         self._bench_errors: dict[int, str] = {}
@@ -133,7 +142,7 @@ class TimingEngine:
     # -- registration -------------------------------------------------------------------------
     def key(self, k: Kernel) -> str:
         return kernel_key(k.signature, k.in_shapes, self.cfg.numerics, self.device,
-                          backend=self.backend, cold=self.cfg.cold)
+                          backend=self._backend_id, cold=self.cfg.cold)
 
     def add_group(self, kernels: list[Kernel], *, paired: bool, label: str = "") -> list[str]:
         """Register kernels to time together; returns their keys (in order)."""
@@ -228,14 +237,23 @@ class TimingEngine:
         if any(r.status == BUDGET for r in self.results.values()):
             self.budget_exhausted = True
 
+    def abandon(self, status: str) -> None:
+        """Mark everything still pending ``status`` without running (a run cut short)."""
+        for r in self.results.values():
+            if r.status == PENDING:
+                r.status = status
+        for p in self.pairs.values():
+            if p.status == PENDING:
+                p.status = status
+
     def _measure(self, g: Group, later: list[Group], deadline: float | None) -> None:
         idx = self._todo(g)
         sub = [g.kernels[i] for i in idx]
         keys = [g.keys[i] for i in idx]
         benches: list[Bench | None] = []
         inputs = _shared_inputs(sub, self.cfg)
-        for k in sub:
-            benches.append(self._bench(k, inputs))
+        for k, key in zip(sub, keys, strict=True):
+            benches.append(self._bench(k, key, inputs))
         live = [(i, b) for i, b in enumerate(benches) if b is not None]
         for i, b in enumerate(benches):
             if b is None:
@@ -285,17 +303,43 @@ class TimingEngine:
                 if pr.rounds >= self.cfg.min_rounds:
                     self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
 
-    def _bench(self, k: Kernel, inputs: dict[tuple[int, ...], torch.Tensor]) -> Bench | None:
+    def _bench(self, k: Kernel, key: str, inputs: dict[tuple[int, ...], torch.Tensor]) -> Bench | None:
+        """The kernel ready to sample on this engine's backend; for a backend other than eager,
+        set up (compile / export, timed apart) and its output checked against eager first."""
         from convcost.timing.harness import error_text
 
+        stage = "preparing"
         try:
             m = prepare_module(k.module, self.cfg)
             xs = [inputs[tuple(s)] for s in k.in_shapes]
-            return Bench(lambda m=m, xs=xs: m(*xs), self.cfg, k.expected)
+            if self.runtime.name == backends.DEFAULT:
+                return Bench(lambda m=m, xs=xs: m(*xs), self.cfg, k.expected)
+            stage = {"inductor": "compile"}.get(self.runtime.name, "export")
+            t0 = time.perf_counter()
+            prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
+            setup = time.perf_counter() - t0
+            self.setup_s += setup
+            self._setups += 1
+            stage = "run"
+            out = prepared.fn()
+            stage = "output check"
+            ref = m(*xs)
+            rel = backends.check_against_eager(out, ref, self.cfg.numerics.dtype)
+            del out, ref
+            r = self.results[key]
+            r.setup_s = setup
+            r.check = {"against": "eager", "max_rel_err": rel,
+                       "tolerance": backends.tolerance(self.cfg.numerics.dtype),
+                       **{k2: v for k2, v in prepared.detail.items() if isinstance(v, str)}}
+            return Bench(prepared.fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
         except KeyboardInterrupt:
             raise
+        except backends.OutputMismatch as e:
+            self._bench_errors[id(k)] = f"{self.backend}: {e}"
+            return None
         except Exception as e:
-            self._bench_errors[id(k)] = error_text(e)
+            where = f"{self.backend} {stage}" if self.runtime.name != backends.DEFAULT else ""
+            self._bench_errors[id(k)] = f"{where} failed: {error_text(e)}" if where else error_text(e)
             return None
 
     def _fail(self, key: str, error: str) -> None:
@@ -321,11 +365,15 @@ class TimingEngine:
                 call = CALL_OVERHEAD_S + (k.macs or 0) / rate
                 sample = max(call, 0.002 if not cfg.numerics.is_cuda else call)
                 items.append((sample, cfg.min_samples * sample, cfg.max_time_s))
-                reserve += (1 + cfg.warmup_calls) * call
+                reserve += (1 + cfg.warmup_calls) * call + self._mean_setup()
         remaining = max(0.0, deadline - time.perf_counter() - reserve)
         lam = water_fill(remaining, items)
         for b, (w, floor, cap) in zip(benches, items, strict=False):
             b.cap_s = min(cap, max(floor, lam * w))
+
+    def _mean_setup(self) -> float:
+        """Seconds a kernel's setup took so far (compile / export), 0 for eager."""
+        return self.setup_s / self._setups if self._setups else 0.0
 
     def _row(self, k: Kernel, key: str, m: Measurement, stamp: str) -> dict[str, Any]:
         fp, n = self.device, self.cfg.numerics

@@ -161,8 +161,9 @@ class Bench:
     """
 
     def __init__(self, fn: Callable[[], Any], cfg: TimingConfig,
-                 expected_shape: tuple[int, ...] | None = None) -> None:
+                 expected_shape: tuple[int, ...] | None = None, *, cuda_graph: bool = True) -> None:
         self.fn, self.cfg, self.expected_shape = fn, cfg, expected_shape
+        self.use_graph = cuda_graph and cfg.cuda_graph
         self.samples: list[float] = []
         self.round_values: list[float] = []
         self.inner = 1
@@ -253,7 +254,7 @@ class Bench:
 
     def graph_figure(self) -> None:
         """CUDA-graph replay time per call (for short kernels); failures leave it None."""
-        if not self.cuda or not self.cfg.cuda_graph:
+        if not self.cuda or not self.use_graph:
             return
         try:
             reps = 50

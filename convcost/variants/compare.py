@@ -45,6 +45,19 @@ DEFAULT_LAYER = ConvLayer(cin=64, cout=64, kernel=(3, 3), stride=(1, 1), padding
 
 
 @dataclass
+class LatencyFigure:
+    """A row's latency on one backend (the fields a CompareRow shows for its first backend)."""
+
+    latency_ms: float | None = None
+    ratio_latency: float | None = None
+    latency_ci: tuple[float, float] | None = None
+    latency_rounds: int | None = None
+    latency_source: str | None = None
+    cached_at: str | None = None
+    timing: dict[str, Any] | None = None
+
+
+@dataclass
 class CompareRow:
     """One variant of one layer (or of the whole model when ``layer`` is ``"(model)"``)."""
 
@@ -70,6 +83,19 @@ class CompareRow:
     timing: dict[str, Any] | None = None
     substituted: int | None = None  # model rows: how many selected convs were replaced
     kept: list[tuple[str, str]] = field(default_factory=list)  # model rows: (layer, why kept)
+    backends: dict[str, LatencyFigure] = field(default_factory=dict)  # per backend, in run order
+
+    def show(self, fig: LatencyFigure) -> None:
+        """Make ``fig`` the row's own latency fields (the first backend's figure)."""
+        for name in LatencyFigure.__dataclass_fields__:
+            setattr(self, name, getattr(fig, name))
+
+    def on(self, backend: str | None) -> Any:
+        """The row's latency fields on ``backend`` (the row itself for None or a single
+        backend), for renderers."""
+        if backend is None or backend not in self.backends:
+            return self
+        return _RowOn(self, self.backends[backend])
 
     @property
     def flops(self) -> int | None:
@@ -80,6 +106,18 @@ class CompareRow:
         if self.variant != ORIGINAL:
             return Variant(self.variant, self.groups).label
         return f"{ORIGINAL} (dense)" if self.groups == 1 else ORIGINAL
+
+
+class _RowOn:
+    """A CompareRow seen through one backend's latency figure (read-only)."""
+
+    def __init__(self, row: CompareRow, fig: LatencyFigure) -> None:
+        self._row, self._fig = row, fig
+
+    def __getattr__(self, name: str) -> Any:
+        if name in LatencyFigure.__dataclass_fields__:
+            return getattr(self._fig, name)
+        return getattr(self._row, name)
 
 
 @dataclass

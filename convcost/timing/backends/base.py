@@ -1,0 +1,112 @@
+"""What a backend is, and the check of its output against eager PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from convcost.timing.device import Numerics
+
+# Largest |backend - eager| / max|eager| accepted, per dtype: a different conv algorithm (Winograd,
+# another reduction order, fused epilogues) moves fp32 results by ~1e-6 relative; the bounds leave
+# room for that, never for a wrong kernel.
+TOLERANCE = {"fp32": 1e-3, "tf32": 5e-3, "fp16": 1e-2, "bf16": 5e-2}
+
+
+def tolerance(dtype: str) -> float:
+    return TOLERANCE.get(dtype, 1e-3)
+
+
+class OutputMismatch(RuntimeError):
+    """A backend's output differs from eager PyTorch's beyond the dtype's tolerance."""
+
+
+@dataclass
+class Prepared:
+    """A kernel ready to run on a backend: ``fn()`` runs it once on the bound inputs and
+    returns its output (a torch tensor). ``setup_s``: seconds spent compiling / exporting /
+    creating the session, never part of a timing."""
+
+    fn: Callable[[], Any]
+    setup_s: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    """One runtime. Subclasses set ``name``, ``extra`` and ``needs`` (importable modules) and
+    implement :meth:`prepare` and :meth:`info`."""
+
+    name: str = ""
+    extra: str | None = None  # the pip extra that installs it: convcost[<extra>]
+    needs: tuple[str, ...] = ()
+    cuda_graph: bool = False  # whether a CUDA-graph figure of its calls is meaningful
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    def unavailable(self, device: str | None) -> str | None:
+        """Why this backend cannot time on ``device`` here (one line), or None."""
+        for mod in self.needs:
+            if importlib.util.find_spec(mod) is None:
+                return (f"needs the {self.extra} extra: pip install 'convcost[{self.extra}]' "
+                        f"({mod} is not installed)")
+        kind = "cuda" if device and device.startswith("cuda") else "cpu"
+        if device is not None and kind not in self.devices:
+            return f"times on {' and '.join(self.devices)} only; use --device cpu"
+        return None
+
+    def info(self, n: Numerics) -> dict[str, Any]:
+        """The fingerprint: name, version, provider/plugin, threads, graph-optimization level."""
+        return {"name": self.name}
+
+    def key_id(self, n: Numerics) -> str:
+        """What separates this backend's measurements in the latency table (name, version,
+        provider and optimization level; threads are in the device fingerprint already)."""
+        i = self.info(n)
+        return "|".join(str(i.get(k)) for k in ("name", "version", "provider", "graph_opt",
+                                                "precision"))
+
+    def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
+                n: Numerics) -> Prepared:
+        raise NotImplementedError
+
+
+def _first_tensor(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) and out else out
+
+
+def check_against_eager(out: Any, ref: Any, dtype: str) -> float:
+    """Raise :class:`OutputMismatch` unless ``out`` has ``ref``'s shape and
+    max|out - ref| / max|ref| is within the dtype's tolerance; returns that relative error."""
+    o, r = _first_tensor(out), _first_tensor(ref)
+    if not isinstance(o, torch.Tensor):
+        raise OutputMismatch(f"output is a {type(o).__name__}, not a tensor")
+    if tuple(o.shape) != tuple(r.shape):
+        raise OutputMismatch(f"output shape {list(o.shape)} != eager {list(r.shape)}")
+    o32, r32 = o.detach().float().to(r.device), r.detach().float()
+    scale = float(r32.abs().max()) if r32.numel() else 0.0
+    err = float((o32 - r32).abs().max()) if r32.numel() else 0.0
+    if err != err:  # nan
+        raise OutputMismatch("output has non-finite values where eager's has none")
+    rel = err / scale if scale > 0 else err
+    tol = tolerance(dtype)
+    if rel > tol:
+        raise OutputMismatch(f"output differs from eager: max relative error {rel:.2g} > "
+                             f"{tol:g} ({dtype})")
+    return rel
+
+
+def thread_count(n: Numerics) -> int:
+    """The CPU threads a backend is given: the timing's --threads, else torch's."""
+    return int(n.threads or torch.get_num_threads())
+
+
+def version_of(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
