@@ -488,6 +488,9 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
     phase("loading the model")
     loaded = load_source(check.model, input_shape=shape, memory_check=memory_check,
                          model_args=check.model_args)
+    from convcost.startup import settle
+
+    settle()
     phase("counting the model")
     a = analyze_model(loaded.model, loaded.input_shapes,
                       make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,

@@ -9,13 +9,15 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
-from convcost import __version__
+from convcost import __version__, startup
 from convcost.errors import ConvcostError, ExitStatus, InputError
+
+if TYPE_CHECKING:  # rich is loaded when a table is printed, never for -f json/csv
+    from rich.console import Console
 
 DEFAULT_BUDGET_S = 40.0  # the engine's default, repeated here so --help needs no torch import
 
@@ -341,7 +343,7 @@ def _write_file(path: Path, text: str, what: str = "output") -> None:
     atomic_write_text(path, text, what)
 
 
-def _write_or_print(text: str, output: Path | None, console: Console) -> None:
+def _write_or_print(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
@@ -377,13 +379,13 @@ def _emit_report(fmt: str, output: Path | None, wide: bool,
                  text: Callable[[str], str]) -> None:
     """A table on a terminal: fitted to its width (every column with --wide); everything else
     (a pipe, a file, another format) as text, the wide form for tables."""
-    from convcost.report.layout import emit
-
-    console = stdout_console()
     if fmt == "table" and output is None:
+        from convcost.report.layout import emit
+
+        console = stdout_console()
         emit(renderables(None if wide or not console.is_terminal else console.width), console)
         return
-    _write_or_print(text(fmt), output, console)
+    _write_or_print(text(fmt), output)  # JSON, CSV, Markdown and files: rich is never loaded
 
 
 def wide_option(f: Callable) -> Callable:
@@ -395,6 +397,8 @@ def wide_option(f: Callable) -> Callable:
 def stdout_console() -> Console:
     """Rich console for standard output (off a terminal, reports are written as plain text by
     :func:`_emit_report`). Markup is off: names are printed as they are ('[/]' is text)."""
+    from rich.console import Console
+
     console = Console(soft_wrap=False, markup=False, emoji=False, highlight=False)
     console.on_broken_pipe = _quiet_broken_pipe  # rich's own default exits 1 (= budget exceeded)
     return console
@@ -837,9 +841,15 @@ def _safe_streams() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point (``convcost``, ``python -m convcost``).
+
+    The garbage collector is off while the command imports torch and friends (millions of
+    objects, no garbage), then frozen and back on (:mod:`convcost.startup`). Run as the process itself
+    (``argv`` None), it ends with ``os._exit`` once every output is flushed, closed and renamed:
+    Python's teardown of torch's objects costs ~0.6 s per command and has nothing to save."""
     from convcost import isolation
 
+    startup.begin()
     _safe_streams()
     isolation.DEFAULT_MODE["mode"] = "fork"  # this process computes nothing before it forks
     try:
@@ -859,7 +869,28 @@ def main(argv: list[str] | None = None) -> None:
     else:  # click returns the exit code (ctx.exit) or the command's value (None)
         code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     _flush_or_fail()
+    startup.settle()
+    if argv is None:
+        _fast_exit(code)
     sys.exit(code)
+
+
+def _fast_exit(code: int) -> None:
+    """End the process without interpreter teardown. Every report and file is written,
+    closed and renamed by now (atomic writes complete before the command returns; the latency
+    table commits each row); standard streams are flushed here, and a failure to flush is
+    still reported."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def _flush_or_fail() -> None:

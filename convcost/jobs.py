@@ -79,10 +79,13 @@ def needs_isolation(source: str | None) -> bool:
 
 def _load(src: SourceRequest) -> Any:
     from convcost.sources.load import load_source
+    from convcost.startup import settle
 
     phase("loading the model")
-    return load_source(src.source, input_shape=src.input_shape, batch=src.batch,
-                       memory_check=src.memory_check, model_args=src.model_args)
+    loaded = load_source(src.source, input_shape=src.input_shape, batch=src.batch,
+                         memory_check=src.memory_check, model_args=src.model_args)
+    settle()  # imports done and the model built: the GC may run again
+    return loaded
 
 
 def _spec_dtype(loaded: Any) -> str:
@@ -159,8 +162,10 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
 def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | None,
                       progress: ProgressFactory | None = None) -> Result:
     """compare without a SOURCE: the variants of one standalone conv (no user code)."""
+    from convcost.startup import settle
     from convcost.variants.compare import compare_default
 
+    settle()
     report = compare_default(layer, variants)
     run = _time_compare(report, timing, "fp32", None, None, progress) if timing else None
     return Result(report, run)

@@ -168,7 +168,7 @@ def test_compare_eager_and_onnxruntime_side_by_side():
                 "latency ratio onnxruntime"):
         assert col in out
     assert "backend onnxruntime" in out and "setup (export + session)" in out
-    assert "onnxruntime" in [ln for ln in out.splitlines() if "grouped g=2" in ln][0]
+    assert "onnxruntime" in next(ln for ln in out.splitlines() if "grouped g=2" in ln)
     csv_out = invoke("compare", *SMALL, "--groups", "1,2", "--variants", "grouped",
                      "--backend", "eager,onnxruntime", "-f", "csv").stdout
     header = csv_out.splitlines()[0].split(",")
@@ -246,3 +246,12 @@ def test_openvino_where_installed():
         assert fig["timing"]["output_check"]["max_rel_err"] <= 1e-3
     fp = d["timing"]["backends"]["openvino"]["fingerprint"]
     assert fp["provider"] == "CPU plugin" and fp["precision"] == "f32"
+
+
+def test_plot_has_one_series_per_backend(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "b.png"
+    r = invoke("compare", *SMALL, "--groups", "1,2", "--variants", "grouped",
+               "--backend", "eager,onnxruntime", "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

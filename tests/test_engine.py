@@ -378,13 +378,22 @@ def test_table_module_never_raises_on_a_directory(tmp_path):
     t.put_kernel({"key": "x"})  # disabled: stores nothing, raises nothing
 
 
+class _Sleep(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.03)
+        return x
+
+
 def test_stored_only_with_enough_samples(isolated_cache):
-    eng = TimingEngine(TimingConfig(max_time_s=0.0001, min_samples=50),
-                       table=LatencyTable.open(Path(isolated_cache) / "t.sqlite"), budget_s=None)
-    eng.add_group([Kernel(nn.Conv2d(2, 2, 1), [(1, 2, 4, 4)])], paired=False)
+    """50 samples of a 30 ms call need 1.5 s; the run's 1 s budget stops it first: the figure
+    is reported, not kept in the latency table."""
+    eng = TimingEngine(TimingConfig(max_time_s=10, min_samples=50),
+                       table=LatencyTable.open(Path(isolated_cache) / "t.sqlite"), budget_s=1.0)
+    eng.add_group([Kernel(_Sleep(), [(1, 2, 4, 4)])], paired=False)
     eng.run()
     assert eng.counts() == {"measured": 1}
-    assert eng.table.count() == (0, 0)  # a 1-sample figure is reported, not kept
+    assert eng.kernel(next(iter(eng.results))).measurement.n < 50
+    assert eng.table.count() == (0, 0)
 
 
 def test_stop_rule_iqr_or_a_precise_median():
@@ -406,6 +415,27 @@ def test_bench_reports_why_it_stopped():
     m = b.result()
     assert m.converged and m.stop == "median" and m.rounds == 7 and m.median_rse < 0.01
     b.round_values = b.round_values[:3]
+    m = b.result()  # rounds too few to pin the median, but the running median has settled
+    assert m.converged and m.stop == "settled"
+    b.samples = [1.0 + 0.01 * i for i in range(100)]  # drifting: wide and not settled
     b.spent = b.cap_s
     m = b.result()
     assert not m.converged and m.stop == "cap" and b.done
+
+
+def test_settled_needs_enough_samples_and_a_still_median():
+    from convcost.timing.harness import settled
+
+    wide = [1.0, 1.3, 0.7, 1.2, 0.8] * 8  # IQR/median ~40%, median 1.0 throughout
+    assert settled(wide, 0.01, min_n=20)
+    assert not settled(wide[:15], 0.01, min_n=20)
+    assert not settled([1.0] * 20 + [1.5] * 20, 0.01, min_n=20)  # the median moved
+
+
+def test_cap_never_below_the_minimum_sample_count():
+    import time as _t
+
+    b = Bench(lambda: (_t.sleep(0.03), torch.ones(1))[1],
+              TimingConfig(max_time_s=0.1, min_samples=10))
+    b.prepare()
+    assert b.cap_s >= 10 * 0.03  # 10 samples of a 30 ms call fit under the cap

@@ -1,6 +1,7 @@
 """The README's console blocks, regenerated from real runs and checked against the tool.
 
     python tools/readme_blocks.py --write   # run every block's commands for real, rewrite outputs
+    python tools/readme_blocks.py --write --only "--backend"   # just the blocks naming it
     python tools/readme_blocks.py --check   # what CI runs (tests/test_readme.py): counted figures
 
 A console block is a list of ``$ command`` lines, each followed by its output. ``$ cat FILE``
@@ -75,16 +76,16 @@ def _timed(argv: list[str]) -> bool:
 
 
 def _untimed(argv: list[str]) -> list[str]:
-    """The same command without timing (and without a plot to write)."""
+    """The same command without timing (and without a plot to write or backends to time on)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--plot":
+        if a in ("--plot", "--backend"):
             skip = True
             continue
-        if a.startswith("--plot="):
+        if a.startswith(("--plot=", "--backend=")):
             continue
         out.append(a)
     return [*out, "--no-time"] if _timed(argv) else out
@@ -203,6 +204,11 @@ def _key(t: Table, row: dict[str, str], seen: dict[str, int]) -> str:
     return f"{k} #{seen[k]}"
 
 
+def _timed_column(name: str) -> bool:
+    """Latency columns, per backend too ('latency eager', 'latency ratio onnxruntime')."""
+    return name in TIMED_COLUMNS or name.startswith("latency ")
+
+
 def compare_tables(shown: str, live: str) -> list[str]:
     """The counted figures of the README's tables that the tool's output does not have."""
     problems = []
@@ -210,7 +216,7 @@ def compare_tables(shown: str, live: str) -> list[str]:
     if [t.title for t in a] != [t.title for t in b]:
         return [f"tables differ: README {[t.title for t in a]} vs tool {[t.title for t in b]}"]
     for ta, tb in zip(a, b, strict=True):
-        shared = [c for c in ta.columns if c and c in tb.columns and c not in TIMED_COLUMNS]
+        shared = [c for c in ta.columns if c and c in tb.columns and not _timed_column(c)]
         ka: dict[str, int] = {}
         kb: dict[str, int] = {}
         rows_b = {_key(tb, r, kb): r for r in tb.rows}
@@ -265,13 +271,16 @@ def _diff(a: str, b: str) -> str:
     return "output differs:\n" + "\n".join(list(d)[:40])
 
 
-def write() -> None:
-    """Run every block's commands for real (timed ones timed) and rewrite their output."""
+def write(only: str | None = None) -> None:
+    """Run every block's commands for real (timed ones timed) and rewrite their output; with
+    ``only``, just the blocks with a command containing that text."""
     text = README.read_text(encoding="utf-8")
     blocks = parse(text)
     tmp, cwd, env = _scratch()
     with tmp:
         for b in blocks:
+            if only is not None and not any(only in c.line for c in b.commands):
+                continue
             for c in b.commands:
                 _files(c, cwd)
                 if shlex.split(c.line)[0] != "cat":
@@ -285,6 +294,9 @@ def write() -> None:
 def main(argv: list[str]) -> int:
     if argv == ["--write"]:
         write()
+        return 0
+    if len(argv) == 3 and argv[:2] == ["--write", "--only"]:
+        write(argv[2])
         return 0
     if argv in ([], ["--check"]):
         problems = check()

@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,30 +72,75 @@ def params_by_module(model: nn.Module) -> dict[str, int]:
     return dict(out)
 
 
-class _QuietFvcore:
-    """Silence fvcore's logger while it runs: the core never prints, the report lists issues."""
+_QUIETED: list[bool] = []
 
-    def __enter__(self) -> None:
-        self._loggers = [logging.getLogger(n) for n in ("fvcore", "fvcore.nn.jit_analysis")]
-        self._levels = [lg.level for lg in self._loggers]
-        for lg in self._loggers:
-            lg.setLevel(logging.CRITICAL)
 
-    def __exit__(self, *exc: Any) -> None:
-        for lg, lv in zip(self._loggers, self._levels, strict=False):
-            lg.setLevel(lv)
+def _quiet_fvcore() -> None:
+    """Silence fvcore's loggers, once per process: the core never prints, the report lists
+    issues. (Setting a logger's level clears every logger's cache: done per count, it cost
+    ~1.2 s on a 1,000-layer compare.)"""
+    if not _QUIETED:
+        for n in ("fvcore", "fvcore.nn.jit_analysis"):
+            logging.getLogger(n).setLevel(logging.CRITICAL)
+        _QUIETED.append(True)
+
+
+def _named_modules_with_dup(model: nn.Module, prefix: str = "") -> Any:
+    """fvcore.common.checkpoint's generator: ``named_modules()`` with every name of a module
+    that has several."""
+    yield prefix, model
+    for name, module in model._modules.items():
+        if module is None:
+            continue
+        yield from _named_modules_with_dup(module, prefix + ("." if prefix else "") + name)
+
+
+def flop_count_analysis() -> Any:
+    """fvcore's ``FlopCountAnalysis`` without running ``fvcore/nn/__init__.py``, which imports
+    modules convcost never uses (focal_loss, precise_bn, checkpoint -> iopath/portalocker,
+    tabulate: ~70 ms). A later ``import fvcore.nn`` (user code) still gets the whole package."""
+    import sys
+    import types
+
+    mod = sys.modules.get("fvcore.nn.flop_count")
+    if mod is None:
+        if "fvcore.nn" in sys.modules:
+            from fvcore.nn import flop_count as mod
+        else:
+            import fvcore
+
+            stub = types.ModuleType("fvcore.nn")
+            stub.__path__ = [str(Path(fvcore.__file__).parent / "nn")]
+            stubs = {"fvcore.nn": stub}
+            if "fvcore.common.checkpoint" not in sys.modules:
+                # jit_analysis takes one generator from checkpoint, whose imports (iopath,
+                # portalocker, ...) cost ~100 ms: the same generator, for that import only
+                ck = types.ModuleType("fvcore.common.checkpoint")
+                ck._named_modules_with_dup = _named_modules_with_dup  # type: ignore[attr-defined]
+                stubs["fvcore.common.checkpoint"] = ck
+            sys.modules.update(stubs)
+            try:
+                import fvcore.nn.flop_count as mod
+            finally:  # the real modules load if anyone imports them later
+                for name, m in stubs.items():
+                    if sys.modules.get(name) is m:
+                        del sys.modules[name]
+                for parent, attr in ((fvcore, "nn"), (getattr(fvcore, "common", None),
+                                                      "checkpoint")):
+                    if parent is not None and getattr(parent, attr, None) in stubs.values():
+                        delattr(parent, attr)
+    return mod.FlopCountAnalysis
 
 
 def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
-    from fvcore.nn import FlopCountAnalysis
-
     from convcost.counting.handles import JIT, VIEWS
     from convcost.counting.inventory import eval_mode
     from convcost.counting.meta import mha_fastpath_off
 
-    with eval_mode(model), torch.no_grad(), _QuietFvcore(), warnings.catch_warnings(), \
-            mha_fastpath_off():
+    FlopCountAnalysis = flop_count_analysis()
+    _quiet_fvcore()
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), mha_fastpath_off():
         warnings.simplefilter("ignore")
         fa = FlopCountAnalysis(model, inputs)
         fa.set_op_handle(**JIT)  # attention, padding='same' convs: fvcore has no formula

@@ -7,17 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
-
-from rich import box
-from rich.console import RenderableType
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
 from convcost.counting.counters import COUNTER_TEXT, FVCORE
 from convcost.report.common import (
     CONVENTION_LINE,
+    Text,
     csv_cell,
     dims_label,
     iqr_cell,
@@ -32,6 +28,10 @@ from convcost.report.common import (
 )
 from convcost.report.layout import Col, dropped_line, fit_table
 from convcost.units import fmt_ms, human
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
 
 
 def _timed(report: AnalysisReport) -> bool:
@@ -158,6 +158,9 @@ def _collapse(report: AnalysisReport, depth: int) -> list[LayerRow]:
 
 
 def operator_table(report: AnalysisReport) -> Table:
+    from rich import box
+    from rich.table import Table
+
     t = Table(title="MACs by operator", box=box.SIMPLE_HEAD, title_justify="left")
     t.add_column("operator")
     t.add_column("MACs", justify="right")

@@ -6,14 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
-
-from rich.console import RenderableType
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import SCHEMA_VERSION, report_meta
+from convcost.report.common import Text
 from convcost.report.layout import Col, dropped_line, fit_table
 from convcost.units import fmt_ms
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 EXPORT_FIELDS = ("label", "scope", "in_shapes", "dtype", "memory_format", "backend", "cold",
                  "device", "device_name", "compute_capability", "driver", "torch", "cuda",

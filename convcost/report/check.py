@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.console import RenderableType
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
+    Text,
     md_table,
 )
 from convcost.report.layout import Col, dropped_line, fit_table
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 _VERDICT_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                   "error": "red"}

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, RenderableType
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.text import Text as RichText
 
 from convcost.units import fmt_ms
 
 FORMATS = ("table", "json", "csv", "markdown")
+
+
+def Text(*args: Any, **kwargs: Any) -> RichText:
+    """``rich.text.Text``, imported on first use: JSON and CSV reports never load rich."""
+    from rich.text import Text as _Text
+
+    return _Text(*args, **kwargs)
 CONVENTION_LINE = ("MACs: one fused multiply-add each (fvcore's 'flop'); FLOPs = 2 x MACs; "
                    "params: trainable parameters, buffers excluded; bias adds params, no MACs.")
 
@@ -65,6 +73,8 @@ def to_console_text(renderables: Iterable[RenderableType], width: int | None = N
 
     if width is None:
         return plain_text(renderables)
+    from rich.console import Console
+
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
                       markup=False, emoji=False, highlight=False, legacy_windows=False)
     for r in renderables:
@@ -100,7 +110,7 @@ def roof_cells(rl: dict[str, Any] | None, with_peaks: bool) -> list[str]:
 
 
 def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
-                  model_ms: float | None) -> list[Text]:
+                  model_ms: float | None) -> list[RichText]:
     """Footer lines of a timed report: device fingerprint, model vs per-layer sum, problems."""
     from convcost.timing.device import fingerprint_line
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
-
-from rich.console import RenderableType
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
     CONVENTION_LINE,
+    Text,
     csv_cell,
     iqr_cell,
     md_table,
@@ -26,6 +24,9 @@ from convcost.report.layout import Col, Notes, dropped_line, fit_table
 from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
 from convcost.timing.stats import PairedRatio
 from convcost.units import fmt_ms, fmt_ratio, human
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 COMPARE_CONVENTIONS = {
     **CONVENTIONS,

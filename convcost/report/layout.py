@@ -13,13 +13,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
+from convcost.report.common import Text
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn, never for JSON or CSV
+    from rich.console import Console, RenderableType
+    from rich.table import Table
 
 ESSENTIAL = 100  # columns with this priority or more are never dropped
 
@@ -58,6 +58,9 @@ class Notes:
 
 def _table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], sections: set[int], *,
            show_footer: bool) -> Table:
+    from rich import box
+    from rich.table import Table
+
     t = Table(box=box.SIMPLE_HEAD, show_footer=show_footer)
     for c in cols:
         t.add_column(c.name, justify=c.justify, footer=c.footer, no_wrap=True)  # type: ignore[arg-type]
@@ -69,6 +72,9 @@ def _table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], sections: set[int
 
 
 def _width(t: Table) -> int:
+    from rich.console import Console
+    from rich.measure import Measurement
+
     c = Console(file=io.StringIO(), width=100_000, markup=False, emoji=False, highlight=False)
     return Measurement.get(c, c.options, t).maximum
 
@@ -99,6 +105,8 @@ def fit_table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, width: int 
 
 
 def _titled(title: str, t: Table) -> RenderableType:
+    from rich.console import Group
+
     return Group(Text(title, style="bold"), t) if title else t
 
 
@@ -123,9 +131,12 @@ def emit(renderables: Iterable[RenderableType], console: Console) -> None:
 def plain_text(renderables: Iterable[RenderableType], width: int | None = None) -> str:
     """Plain text of rich renderables: tables at their natural width (or ``width``), text lines
     unwrapped, trailing spaces removed."""
+    from rich.console import Console
+    from rich.text import Text as RichText
+
     out = []
     for r in renderables:
-        if isinstance(r, Text):
+        if isinstance(r, RichText):
             out.append(r.plain.rstrip())
             continue
         buf = io.StringIO()

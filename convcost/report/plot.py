@@ -27,7 +27,8 @@ def _plt() -> Any:
 
 def plot_compare(report: Any, path: Path) -> Path:
     """Left: MAC ratio vs latency ratio per variant with the ideal y = x line (log-log).
-    Right: median latency per variant (with IQR bars). Uses model rows for a SOURCE."""
+    Right: median latency per variant (with IQR bars). Uses model rows for a SOURCE. With
+    several backends, one series per backend in both panels."""
     plt = _plt()
     if report.is_model:
         base, rows, title = report.model_baseline, report.model_rows, f"{report.name}: whole model"
@@ -36,16 +37,23 @@ def plot_compare(report: Any, path: Path) -> Path:
         base, rows, title = lc.baseline, lc.rows, report.name
     if not any(r.latency_ms for r in [base, *rows]):
         return _plot_counts(plt, [r for r in rows if not r.skipped], title, path)
+    names = list(((report.timing or {}).get("backends") or {}).keys())
+    names = names if len(names) > 1 else [None]  # one backend: the rows' own fields
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    pts = [r for r in rows if r.ratio_macs and r.ratio_latency]
-    if pts:
+    allv: list[float] = []
+    for b in names:
+        pts = [r.on(b) for r in rows if r.ratio_macs and r.on(b).ratio_latency]
+        if not pts:
+            continue
         xs = [r.ratio_macs for r in pts]
         ys = [r.ratio_latency for r in pts]
-        ax1.scatter(xs, ys, zorder=3)
+        allv += xs + ys
+        ax1.scatter(xs, ys, zorder=3, label=b)
         for r, x, y in zip(pts, xs, ys, strict=True):
             ax1.annotate(r.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        lo = min([*xs, *ys, 1.0]) / 1.5
-        hi = max([*xs, *ys, 1.0]) * 1.5
+    if allv:
+        lo = min([*allv, 1.0]) / 1.5
+        hi = max([*allv, 1.0]) * 1.5
         ax1.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal: latency follows MACs")
         ax1.axhline(1.0, color="lightgrey", lw=0.8)
         ax1.set_xscale("log")
@@ -59,17 +67,21 @@ def plot_compare(report: Any, path: Path) -> Path:
     ax1.set_ylabel("latency / baseline")
     ax1.set_title("counted MAC ratio vs measured latency ratio")
     bars = [base, *rows]
-    labels = [r.label for r in bars]
-    vals = [r.latency_ms or 0.0 for r in bars]
-    ms = [((r.timing or {}).get("measurement") or {}) for r in bars]
-    lo = [max(0.0, v - (m.get("q1_ms") or v)) for v, m in zip(vals, ms, strict=True)]
-    hi = [max(0.0, (m.get("q3_ms") or v) - v) for v, m in zip(vals, ms, strict=True)]
-    ax2.bar(range(len(bars)), vals, yerr=[lo, hi], capsize=3,
-            color=["tab:grey"] + ["tab:blue"] * (len(bars) - 1))
+    width = 0.8 / len(names)
+    for j, b in enumerate(names):
+        vals = [r.on(b).latency_ms or 0.0 for r in bars]
+        ms = [((r.on(b).timing or {}).get("measurement") or {}) for r in bars]
+        lo_e = [max(0.0, v - (m.get("q1_ms") or v)) for v, m in zip(vals, ms, strict=True)]
+        hi_e = [max(0.0, (m.get("q3_ms") or v) - v) for v, m in zip(vals, ms, strict=True)]
+        pos = [i + (j - (len(names) - 1) / 2) * width for i in range(len(bars))]
+        colors = None if b is not None else ["tab:grey"] + ["tab:blue"] * (len(bars) - 1)
+        ax2.bar(pos, vals, width=width, yerr=[lo_e, hi_e], capsize=3, color=colors, label=b)
+    if names[0] is not None:
+        ax2.legend(fontsize=8)
     ax2.set_xticks(range(len(bars)))
-    ax2.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax2.set_xticklabels([r.label for r in bars], rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("median latency (ms), bars: IQR")
-    ax2.set_title("latency per variant")
+    ax2.set_title("latency per variant" + (" and backend" if names[0] is not None else ""))
     dev = (report.device or {}).get("name", "")
     head = f"convcost compare: {title}  [{dev}, {(report.device or {}).get('dtype', '')}]"
     fig.suptitle(head)

@@ -86,9 +86,9 @@ def parse_model_args(items: tuple[str, ...] | list[str], where: str = "--model-a
     ``384`` -> 384, ``0.5``, ``null``, text). Bad forms are one ``InputError`` line."""
     import re
 
-    import yaml
-
     out: dict[str, Any] = {}
+    if items:
+        import yaml  # only when there is a value to read
     for item in items:
         key, sep, text = str(item).partition("=")
         key = key.strip()

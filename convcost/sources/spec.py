@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from convcost.errors import InputError, SpecError
-from convcost.sources.yamlio import LineDict, load_yaml_file, load_yaml_text
+from convcost.sources.lines import LineDict
 
 Shape = tuple[int, ...]
 
@@ -562,11 +562,15 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
 
 def load_spec(path: str | Path) -> Spec:
     """Load and validate a YAML spec file (raises ``SpecError``/``InputError`` with one line)."""
+    from convcost.sources.yamlio import load_yaml_file  # yaml only where a spec is read
+
     return parse_spec(load_yaml_file(path, "spec file"), str(path))
 
 
 def spec_from_text(text: str, source: str = "<spec>") -> Spec:
     """Validate a spec given as YAML text (tests, stdin)."""
+    from convcost.sources.yamlio import load_yaml_text
+
     data = load_yaml_text(text, source)
     if data is None:
         raise InputError(f"{source}: empty spec")

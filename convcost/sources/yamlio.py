@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from convcost.errors import InputError
+from convcost.sources.lines import LineDict
 
 MAX_ALIASES = 64  # a spec has no need for more; a "billion laughs" document needs many
 MAX_DEPTH = 64  # nesting deeper than this is refused before Python's recursion limit
@@ -24,17 +25,6 @@ class _Problem(yaml.YAMLError):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
         self.line, self.message = line, message
-
-
-class LineDict(dict):
-    """A dict that remembers the 1-based line of itself and of each of its keys."""
-
-    line: int | None = None
-    key_lines: dict[Any, int]
-
-    def line_of(self, key: Any) -> int | None:
-        """Line of ``key`` if known, else the line of the mapping itself."""
-        return getattr(self, "key_lines", {}).get(key, self.line)
 
 
 class _LineSafeLoader(yaml.SafeLoader):

@@ -282,6 +282,8 @@ class TimingEngine:
             if r.status != PENDING:
                 continue  # measured earlier (or cached): the first figure stands
             if m.median_ms is None:
+                if m.stop == "deadline":  # prepared, but the budget ran out before a sample
+                    continue  # stays pending: marked 'budget' at the end of the run
                 self._fail(key, m.error or "not measured")
                 continue
             r.status, r.measurement, r.error = MEASURED, m, m.error
@@ -297,7 +299,8 @@ class TimingEngine:
                     continue
                 pr = paired_ratio(rounds[0], rounds[i])
                 if pr is None:
-                    p.status = FAILED
+                    if not res.stopped_by_deadline:  # else: 'budget' at the end of the run
+                        p.status = FAILED
                     continue
                 p.status, p.ratio = MEASURED, pr
                 if pr.rounds >= self.cfg.min_rounds:
@@ -357,14 +360,16 @@ class TimingEngine:
         rate = CUDA_MACS_PER_S if cfg.numerics.is_cuda else CPU_MACS_PER_S
         items: list[tuple[float, float, float]] = []
         reserve = 0.0
-        for b in benches:
-            items.append((b.sample_s, cfg.min_samples * b.sample_s, cfg.max_time_s))
+        for b in benches:  # the cap never falls below the minimum sample count
+            floor = cfg.min_samples * b.sample_s * 1.05
+            items.append((b.sample_s, floor, max(cfg.max_time_s, floor)))
         for g in later:
             for i in self._todo(g):
                 k = g.kernels[i]
                 call = CALL_OVERHEAD_S + (k.macs or 0) / rate
                 sample = max(call, 0.002 if not cfg.numerics.is_cuda else call)
-                items.append((sample, cfg.min_samples * sample, cfg.max_time_s))
+                floor = cfg.min_samples * sample * 1.05
+                items.append((sample, floor, max(cfg.max_time_s, floor)))
                 reserve += (1 + cfg.warmup_calls) * call + self._mean_setup()
         remaining = max(0.0, deadline - time.perf_counter() - reserve)
         lam = water_fill(remaining, items)

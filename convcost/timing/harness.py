@@ -76,8 +76,9 @@ class Measurement:
     """Summary of one timed callable (milliseconds per call).
 
     ``stop`` says why sampling ended: ``iqr`` (IQR/median under the target), ``median`` (the
-    median known to the target precision), ``cap`` (its time cap), ``deadline`` (the run's time
-    budget) or ``error``; ``converged`` is true for the first two.
+    median known to the target precision), ``settled`` (the running median stopped moving),
+    ``cap`` (its time cap), ``deadline`` (the run's time budget) or ``error``; ``converged`` is
+    true for the first three.
     """
 
     median_ms: float | None = None
@@ -127,6 +128,18 @@ def stable(values: Sequence[float], cfg: TimingConfig, *, min_n: int) -> str | N
         if se is not None and se <= cfg.median_rse:
             return "median"
     return None
+
+
+def settled(values: Sequence[float], tol: float, *, min_n: int) -> bool:
+    """The running median has settled: with at least ``min_n`` values, the median of all of
+    them and of the first two thirds differ by at most ``tol`` (relative). A wide but stable
+    distribution (a noisy machine) stops here instead of running to its cap."""
+    n = len(values)
+    if n < max(3, min_n):
+        return False
+    whole = statistics.median(values)
+    early = statistics.median(values[: (2 * n) // 3])
+    return whole > 0 and abs(whole - early) <= tol * whole
 
 
 class OutputCheckError(RuntimeError):
@@ -188,7 +201,8 @@ class Bench:
         del out
         pc = time.perf_counter
         one = math.inf
-        for _ in range(max(1, self.cfg.warmup_calls)):
+        # the check call above was the first warm-up call (and the autotune call)
+        for _ in range(max(1, self.cfg.warmup_calls - 1)):
             t0 = pc()
             self.fn()
             if self.cuda:
@@ -201,6 +215,9 @@ class Bench:
         self.call_s = one
         if not self.cuda and not self.cfg.cold:
             self.inner = max(1, min(10_000, math.ceil(CPU_BLOCK_S / max(one, 1e-7))))
+        # never a cap below the minimum sample count: a call slower than max_time / min_samples
+        # still gets its min_samples samples (else it could never converge)
+        self.cap_s = max(self.cap_s, self.cfg.min_samples * self.sample_s * 1.05)
         self.burst = max(1, min(MAX_BURST, round(self.cfg.burst_s / self.sample_s)))
         # a short kernel's first sample after another kernel ran sees cold caches: discard it
         self.refill = not self.cfg.cold and self.sample_s < REFILL_BELOW_S
@@ -277,13 +294,16 @@ class Bench:
 
     # -- state ------------------------------------------------------------------------------
     def stop_reason(self) -> str | None:
-        """'iqr' or 'median' when the samples meet the stop rule, else None."""
+        """'iqr', 'median' or 'settled' when the samples meet the stop rule, else None."""
         if len(self.samples) < self.cfg.min_samples:
             return None
         r = rel_iqr(self.samples)
         if r is not None and r <= self.cfg.rel_iqr:
             return "iqr"
-        return stable(self.round_values, self.cfg, min_n=self.cfg.min_rounds) and "median"
+        if stable(self.round_values, self.cfg, min_n=self.cfg.min_rounds):
+            return "median"
+        return "settled" if settled(self.samples, self.cfg.median_rse,
+                                    min_n=2 * self.cfg.min_samples) else None
 
     @property
     def converged(self) -> bool:
@@ -294,8 +314,9 @@ class Bench:
         return self.error is not None or self.converged or self.spent >= self.cap_s
 
     def result(self) -> Measurement:
-        if not self.samples:
-            return Measurement(error=self.error or "not measured", stop="error")
+        if not self.samples:  # failed, or stopped by the run's deadline before its first sample
+            return Measurement(error=self.error or "not measured",
+                               stop="error" if self.error else (self.stop or "error"))
         med, q1, q3, lo, hi = summarize(self.samples)
         why = self.stop_reason()
         stop = self.stop or why or ("error" if self.error else "cap")

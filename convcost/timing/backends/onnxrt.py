@@ -91,9 +91,10 @@ class OnnxRuntime(Backend):
         ys = [torch.empty(tuple(r.shape), dtype=r.dtype, device=r.device) for r in refs]
         kind, idx = ("cuda", torch.device(n.device).index or 0) if n.is_cuda else ("cpu", 0)
         bind = sess.io_binding()
-        in_names = [i.name for i in sess.get_inputs()]
-        for name, x in zip(in_names, xs, strict=False):
-            bind.bind_input(name, kind, idx, _element_type(x.dtype), list(x.shape), x.data_ptr())
+        by_name = {f"in{i}": x for i, x in enumerate(xs)}  # the names given at export
+        for i in sess.get_inputs():  # an input the graph does not use may have been dropped
+            x = by_name[i.name]
+            bind.bind_input(i.name, kind, idx, _element_type(x.dtype), list(x.shape), x.data_ptr())
         for o, y in zip(outs, ys, strict=True):
             bind.bind_output(o.name, kind, idx, _element_type(y.dtype), list(y.shape),
                              y.data_ptr())

@@ -50,8 +50,10 @@ class OpenVino(Backend):
             "INFERENCE_NUM_THREADS": thread_count(n), "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": HINTS[n.dtype]})
         req = compiled.create_infer_request()
-        for i, x in enumerate(xs):
-            req.set_input_tensor(i, ov.Tensor(x.numpy(), shared_memory=True))
+        by_name = {f"in{i}": x for i, x in enumerate(xs)}  # the names given at export
+        for i, port in enumerate(compiled.inputs):  # unused inputs may have been dropped
+            req.set_input_tensor(i, ov.Tensor(by_name[port.get_any_name()].numpy(),
+                                              shared_memory=True))
         req.infer()  # first inference: output shapes known, memory allocated
         ys = []
         for i in range(len(compiled.outputs)):
