@@ -56,3 +56,22 @@ def test_counts_agree_with_closed_form_and_flop_counter(c):
                                        bias=c["bias"])
     assert row.params == sum(p.numel() for p in model.parameters())
     assert torch.isfinite(model(x)).all()
+
+
+_CELLS = st.sampled_from(["", "x", "yyyy", "1.2 ms", "x0.5 [0.4, 0.6]", "±3%", "µs", "原"])
+
+
+@given(ncol=st.integers(1, 6), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_plain_table_text_is_rich_table_text(ncol, data):
+    """Files and pipes get tables drawn directly (fast): the same characters as rich's."""
+    from convcost.report.layout import Col, PlainTable, _table, _titled, plain_text
+
+    cols = [Col(data.draw(_CELLS), data.draw(st.sampled_from(["left", "right"])), 50,
+                data.draw(_CELLS)) for _ in range(ncol)]
+    rows = data.draw(st.lists(st.lists(_CELLS, min_size=ncol, max_size=ncol), max_size=6))
+    sections = set(data.draw(st.lists(st.integers(0, max(0, len(rows) - 1)), max_size=2)))
+    title = data.draw(st.sampled_from(["", "convcost compare: x"]))
+    foot = data.draw(st.booleans())
+    mine = "\n".join(PlainTable(cols, rows, sections, title, foot).lines()) + "\n"
+    assert mine == plain_text([_titled(title, _table(cols, rows, sections, show_footer=foot))])
