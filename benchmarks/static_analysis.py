@@ -126,7 +126,9 @@ def main() -> None:
              f"(linear); 5,000 layers in {per[5000]:.1f} s (goal: under 10 s, "
              f"{'met' if per[5000] < 10 else 'NOT met'}). `--count-on auto` counts a spec on meta "
              "tensors from 800 modules or 10 G MACs (closed form): nothing is computed, the fixed "
-             "cost is torch's one-time imports for meta kernels (about 3.7 s here) and the rest is "
+             "cost is torch's one-time import of sympy on the first meta kernel's `torch._check` "
+             "(about 2.7 s here; torch._dynamo, another 4 s, is no longer imported) and the rest "
+             "is "
              "linear in the number of layers (YAML, module construction, the counting pass, "
              "rendering); below that, fvcore's trace of a real forward is faster.\n")
     print(body)

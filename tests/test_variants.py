@@ -214,3 +214,37 @@ def test_conv1d_models_are_compared_and_transposed_convs_listed():
     assert any("not substituted: up (ConvTranspose1d)" in n for n in rep.notes)
     g2 = next(r for r in rep.model_rows if r.variant == "grouped")
     assert g2.substituted == 2 and g2.ratio_macs < 1
+
+
+def test_meta_prefetch_counts_equal_fvcore_per_layer_counts(monkeypatch):
+    """A model counted on meta tensors gets its layers' variants counted in one meta pass
+    (``_Counter.prefetch``, no fvcore trace per module): every figure equals fvcore's trace of
+    each module alone."""
+    import convcost.variants.compare as cmp
+
+    loaded = load_source(str(EXAMPLES / "mobilenet_v2_block.yaml"))
+    traced: list[int] = []
+    real_count = cmp.count_fvcore
+
+    def spy(*a, **k):
+        traced.append(1)
+        return real_count(*a, **k)
+
+    monkeypatch.setattr(cmp, "count_fvcore", spy)
+    reports = {}
+    for how in ("meta", "real"):
+        traced.clear()
+        reports[how] = compare_model(
+            loaded.model, loaded.input_shapes, source="s", name="n",
+            variant_names=("grouped", "depthwise", "separable", "shuffle", "pointwise-grouped"),
+            groups=(1, 2, 4), count_on=how, make_inputs=lambda: loaded.inputs)
+        assert bool(traced) == (how == "real")  # meta: every variant from the one meta pass
+    meta, real = reports["meta"], reports["real"]
+
+    def figures(rep):
+        return [(r.layer, r.label, r.params, r.macs, r.skipped, r.warnings)
+                for lc in rep.layers for r in [lc.baseline, *lc.rows]]
+
+    assert figures(meta) == figures(real) and any(f[3] for f in figures(meta))
+    assert [(r.params, r.macs) for r in meta.model_rows] == [(r.params, r.macs)
+                                                              for r in real.model_rows]

@@ -4,7 +4,8 @@ The model's parameters and buffers are swapped for meta tensors (no storage, no 
 copied; the real ones are put back afterwards) and it is called on meta inputs: every
 operator runs shape inference only, so the cost does not depend on batch, resolution or
 weights, and a ResNet-50 at batch 4096 and 1024 x 1024 counts in a fraction of a second (after
-torch's one-time imports for meta kernels, a few seconds). Operators are counted by the
+a one-time cost: the first meta kernel's ``torch._check`` imports sympy, ~2.7 s; the dispatch
+mode skips dynamo's wrapper, whose first call would import torch._dynamo, another ~4 s). Operators are counted by the
 handles of :mod:`convcost.counting.handles` (fvcore's formulas) under a
 ``TorchDispatchMode``, plus a ``TorchFunctionMode`` and counting wrappers for the few
 functions that decompose before ATen. MACs are attributed like fvcore's default ("owner"
@@ -93,6 +94,12 @@ class _Tally:
 
 
 class _DispatchCounter(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No ``torch._disable_dynamo`` wrapper around ``__torch_dispatch__``: its first call
+        imports ``torch._dynamo`` (~4 s), and counting never runs under dynamo."""
+        return False
+
     def __init__(self, tally: _Tally) -> None:
         super().__init__()
         self.tally = tally

@@ -155,6 +155,14 @@ class _Counter:
 
     def __init__(self) -> None:
         self.cache: dict[tuple[ConvLayer, Variant | None], tuple[int, int]] = {}
+        self.built: dict[tuple[ConvLayer, Variant], nn.Module] = {}
+
+    def build(self, layer: ConvLayer, v: Variant) -> nn.Module:
+        """The variant's module (built once per layer shape and variant; raises Skip)."""
+        key = (layer, v)
+        if key not in self.built:
+            self.built[key] = build(layer, v)
+        return self.built[key]
 
     def count(self, layer: ConvLayer, v: Variant | None, module: nn.Module) -> tuple[int, int]:
         key = (layer, v)
@@ -163,6 +171,39 @@ class _Counter:
             c = count_fvcore(module, (x,))
             self.cache[key] = (c.params, c.macs * layer.batch)
         return self.cache[key]
+
+    def prefetch(self, items: list[tuple[ConvLayer, Variant | None, nn.Module]]) -> None:
+        """Count many (layer, variant) modules in one pass on meta tensors (fvcore's formulas,
+        nothing computed) instead of one fvcore trace each; anything that cannot run there is
+        left to :meth:`count`. For models counted on meta: a 1,000-layer compare has ~1,200
+        such modules."""
+        todo: dict[tuple[ConvLayer, Variant | None], nn.Module] = {}
+        for layer, v, m in items:
+            if (layer, v) not in self.cache and (layer, v) not in todo:
+                todo[(layer, v)] = m
+        if not todo:
+            return
+        keys = list(todo)
+        bundle = _Bundle([todo[k] for k in keys])
+        try:
+            c, _ = count_meta(bundle, [(1, *k[0].input_shape[1:]) for k in keys])
+        except Exception:  # MetaCountError or a module meta cannot run: counted one by one
+            return
+        for i, (layer, v) in enumerate(keys):
+            name = f"parts.{i}"
+            self.cache[(layer, v)] = (c.params_by_module.get(name, 0),
+                                      c.by_module.get(name, 0) * layer.batch)
+
+
+class _Bundle(nn.Module):
+    """Modules side by side, each on its own input: one forward counts them all."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        return [m(x) for m, x in zip(self.parts, xs, strict=True)]
 
 
 def _ratio(a: int | None, b: int | None) -> float | None:
@@ -188,7 +229,7 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
             rows.append(row)
             continue
         try:
-            module = build(layer, v)
+            module = counter.build(layer, v)
         except Skip as e:
             row.skipped = str(e)
             rows.append(row)
@@ -341,6 +382,20 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
         raise Skip("no Conv1d/Conv2d/Conv3d layer matches "
                    + (" and ".join(what) if what else "in this model") + left)
     counter = _Counter()
+    if how == META:  # the variants of every selected conv, counted in one meta pass
+        items: list[tuple[ConvLayer, Variant | None, nn.Module]] = []
+        for r in selected:
+            layer = ConvLayer.from_module(modules[r.name], r.in_shape)
+            items.append((layer, None, modules[r.name]))
+            gs = tuple(groups) if groups is not None else tuple(valid_groups(layer))
+            for v in expand_variants(variant_names, gs):
+                if same_as_original(layer, v) or (v.name == DENSE and layer.groups == 1):
+                    continue
+                try:
+                    items.append((layer, v, counter.build(layer, v)))
+                except Skip:
+                    continue
+        counter.prefetch(items)
     layers: list[LayerCompare] = []
     union_groups: list[int] = []
     for r in selected:
