@@ -106,8 +106,10 @@ def main(argv: list[str]) -> int:
               f"torch + 1 s: +{res - torch_s:.2f} s ({'met' if res - torch_s <= 1 else 'NOT met'})."
               f" The fast exit saves {saved('tiny'):.2f} s on the tiny spec and "
               f"{saved('resnet'):.2f} s on ResNet-50 (median of the paired differences). "
-              "`import torch` alone pays the interpreter's teardown of torch at its exit, which "
-              "convcost's commands skip: they can finish sooner than it.", ""]
+              "The teardown rows still freeze the GC after start-up, which spares most of the "
+              "teardown's collection; on this host the remaining difference is within its noise. "
+              "`import torch` alone pays the whole teardown of torch at its exit (about 0.5 s "
+              "here), which convcost's commands skip: they can finish sooner than it.", ""]
     tops, unwanted = import_budget()
     lines += ["Import budget of `analyze examples/tiny.yaml --no-time -f json` (`python -X "
               "importtime`, top-level imports by cumulative time): "

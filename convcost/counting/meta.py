@@ -5,8 +5,8 @@ copied; the real ones are put back afterwards) and it is called on meta inputs: 
 operator runs shape inference only, so the cost does not depend on batch, resolution or
 weights, and a ResNet-50 at batch 4096 and 1024 x 1024 counts in a fraction of a second (after
 a one-time cost: the first meta kernel's ``torch._check`` imports sympy, ~2.7 s; the dispatch
-mode skips dynamo's wrapper, whose first call would import torch._dynamo, another ~4 s). Operators are counted by the
-handles of :mod:`convcost.counting.handles` (fvcore's formulas) under a
+mode skips dynamo's wrapper, whose first call would import torch._dynamo, another ~4 s).
+Operators are counted by the handles of :mod:`convcost.counting.handles` (fvcore's formulas) under a
 ``TorchDispatchMode``, plus a ``TorchFunctionMode`` and counting wrappers for the few
 functions that decompose before ATen. MACs are attributed like fvcore's default ("owner"
 mode): to the module whose forward ran the operator and to all of its ancestors by name.

@@ -111,7 +111,9 @@ def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
         rb = row.on(b)
         err = (rb.timing or {}).get("error")
         if err:
-            notes.insert(0, f"{b}: {err}" if b is not None else f"timing failed: {err}")
+            named = b is None or err.startswith(f"{b} ") or err.startswith(f"{b}:")
+            notes.insert(0, err if named and b is not None else
+                         f"{b}: {err}" if b is not None else f"timing failed: {err}")
         elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED) and b != names[0]:
             notes.append(f"{b}: {_status_word(rb.latency_source)}")
     if row.latency_source == SAME:

@@ -317,7 +317,7 @@ class TimingEngine:
             xs = [inputs[tuple(s)] for s in k.in_shapes]
             if self.runtime.name == backends.DEFAULT:
                 return Bench(lambda m=m, xs=xs: m(*xs), self.cfg, k.expected)
-            stage = {"inductor": "compile"}.get(self.runtime.name, "export")
+            stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
             setup = time.perf_counter() - t0
@@ -339,6 +339,9 @@ class TimingEngine:
             raise
         except backends.OutputMismatch as e:
             self._bench_errors[id(k)] = f"{self.backend}: {e}"
+            return None
+        except backends.SetupError as e:  # 'onnxruntime export failed: ...'
+            self._bench_errors[id(k)] = f"{self.backend} {e.stage} failed: {error_text(e.error)}"
             return None
         except Exception as e:
             where = f"{self.backend} {stage}" if self.runtime.name != backends.DEFAULT else ""

@@ -21,6 +21,7 @@ from convcost.timing.backends.base import (
     Backend,
     OutputMismatch,
     Prepared,
+    SetupError,
     check_against_eager,
     tolerance,
 )
@@ -32,8 +33,8 @@ from convcost.timing.backends.openvino_cpu import OPENVINO
 BACKENDS: dict[str, Backend] = {b.name: b for b in (EAGER, INDUCTOR, ONNXRUNTIME, OPENVINO)}
 DEFAULT = "eager"
 
-__all__ = ["BACKENDS", "DEFAULT", "Backend", "OutputMismatch", "Prepared", "check_against_eager",
-           "get", "parse_backends", "tolerance"]
+__all__ = ["BACKENDS", "DEFAULT", "Backend", "OutputMismatch", "Prepared", "SetupError",
+           "check_against_eager", "get", "parse_backends", "tolerance"]
 
 
 def get(name: str) -> Backend:

@@ -21,6 +21,14 @@ def tolerance(dtype: str) -> float:
     return TOLERANCE.get(dtype, 1e-3)
 
 
+class SetupError(RuntimeError):
+    """A backend could not set a kernel up; ``stage`` says where (export, session, compile)."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage, self.error = stage, error
+
+
 class OutputMismatch(RuntimeError):
     """A backend's output differs from eager PyTorch's beyond the dtype's tolerance."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from convcost.timing.backends.base import Backend, Prepared, thread_count
+from convcost.timing.backends.base import Backend, Prepared, SetupError, thread_count
 from convcost.timing.device import Numerics
 
 _SERIAL = itertools.count()
@@ -66,7 +66,10 @@ class Inductor(Backend):
         xs = list(inputs)
         compiled = torch.compile(_fresh_caller(), dynamic=False, fullgraph=False)
         t0 = time.perf_counter()
-        compiled(module, *xs)  # compiles (and autotunes); outside any timing
+        try:
+            compiled(module, *xs)  # compiles (and autotunes); outside any timing
+        except Exception as e:
+            raise SetupError("compile", e) from e
         if n.is_cuda:
             torch.cuda.synchronize()
         return Prepared(lambda: compiled(module, *xs), time.perf_counter() - t0)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from convcost.timing.backends.base import Backend, Prepared, thread_count
+from convcost.timing.backends.base import Backend, Prepared, SetupError, thread_count
 from convcost.timing.backends.onnx_export import export_onnx
 from convcost.timing.device import Numerics
 
@@ -57,12 +57,26 @@ class OnnxRuntime(Backend):
 
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
-        import onnxruntime as ort
 
         t0 = time.perf_counter()
         # ONNX is NCHW: bind contiguous inputs (a channels-last copy made here, once)
         xs = [x.contiguous() for x in inputs]
-        blob, exporter = export_onnx(module, xs)
+        try:
+            blob, exporter = export_onnx(module, xs)
+        except Exception as e:
+            raise SetupError("export", e) from e
+        try:
+            return self._session(module, inputs, xs, blob, exporter, n, t0)
+        except SetupError:
+            raise
+        except Exception as e:
+            raise SetupError("session", e) from e
+
+    def _session(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
+                 xs: list[torch.Tensor], blob: bytes, exporter: str, n: Numerics,
+                 t0: float) -> Prepared:
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = thread_count(n)
         so.inter_op_num_threads = 1

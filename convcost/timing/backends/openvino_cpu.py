@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from convcost.timing.backends.base import Backend, Prepared, thread_count
+from convcost.timing.backends.base import Backend, Prepared, SetupError, thread_count
 from convcost.timing.backends.onnx_export import export_onnx
 from convcost.timing.device import Numerics
 
@@ -33,8 +33,6 @@ class OpenVino(Backend):
 
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
-        import numpy as np
-        import openvino as ov
 
         t0 = time.perf_counter()
         if n.dtype in ("fp16", "bf16"):  # the model stays fp32; the hint sets the precision
@@ -43,7 +41,20 @@ class OpenVino(Backend):
             module = copy.deepcopy(module).float()
             inputs = [x.float() for x in inputs]
         xs = [x.contiguous() for x in inputs]
-        blob, exporter = export_onnx(module, xs)
+        try:
+            blob, exporter = export_onnx(module, xs)
+        except Exception as e:
+            raise SetupError("export", e) from e
+        try:
+            return self._compile(blob, exporter, xs, n, t0)
+        except Exception as e:
+            raise SetupError("compile", e) from e
+
+    def _compile(self, blob: bytes, exporter: str, xs: list[torch.Tensor], n: Numerics,
+                 t0: float) -> Prepared:
+        import numpy as np
+        import openvino as ov
+
         core = ov.Core()
         model = core.read_model(blob, ov.Tensor(np.empty(0, np.uint8)))
         compiled = core.compile_model(model, "CPU", {
