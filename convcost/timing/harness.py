@@ -391,7 +391,8 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
         if base is None or i == 0:
             return True
         ratios = round_ratios(rounds[0], rounds[i])
-        return stable(ratios, b.cfg, min_n=b.cfg.min_rounds) is not None
+        return (stable(ratios, b.cfg, min_n=b.cfg.min_rounds) is not None
+                or settled(ratios, b.cfg.median_rse, min_n=2 * b.cfg.min_samples))
 
     stopped = False
     r_index = 0
