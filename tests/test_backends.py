@@ -257,3 +257,14 @@ def test_plot_has_one_series_per_backend(tmp_path):
                "--backend", "eager,onnxruntime", "--plot", str(png))
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cache_list_names_the_backend():
+    r = invoke("compare", *SMALL, "--groups", "1", "--variants", "depthwise",
+               "--backend", "eager,onnxruntime")
+    assert r.exit_code == 0, r.output
+    out = invoke("cache", "list", "--wide").stdout
+    head = next(ln for ln in out.splitlines() if "kernel" in ln)
+    assert "backend" in head
+    rows = [ln for ln in out.splitlines() if "Conv2d" in ln]
+    assert any(" onnxruntime " in ln for ln in rows) and any(" eager " in ln for ln in rows)

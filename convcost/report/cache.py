@@ -32,6 +32,9 @@ def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
     cols = [Col("measured", "left", 40), Col("device", "left", 50), Col("dtype", "left", 60),
             Col("threads", "right", 30), Col("kernel", "left", 100), Col("input", "left", 80),
             Col("median", "right", 100), Col("±IQR", "right", 45), Col("n", "right", 20)]
+    backends = any((r.get("backend") or "eager") != "eager" for r in rows)
+    if backends:  # a column only when some figure is not eager's
+        cols.insert(3, Col("backend", "left", 70))
     cells = []
     for r in rows:
         med, q1, q3 = r.get("median_ms"), r.get("q1_ms"), r.get("q3_ms")
@@ -41,6 +44,8 @@ def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
                       str(r.get("threads") or ""), str(r.get("label") or ""),
                       _shapes(r.get("in_shapes")), fmt_ms(med),
                       iqr + ("" if r.get("converged") else "!"), str(r.get("n") or "")])
+        if backends:
+            cells[-1].insert(3, str(r.get("backend") or "eager"))
     t, dropped = fit_table(cols, cells, width=width, title=f"convcost latency table: {path}")
     return [t, *dropped_line(dropped),
             Text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache export "
