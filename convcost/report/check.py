@@ -155,4 +155,7 @@ def budget_markdown(report: Any) -> str:
         parts += [""] + [f"- {m}" for m in msgs]
     if report.notices:
         parts += [""] + [f"> {n}" for n in report.notices]
+    lat = latency_lines(report)
+    if lat:
+        parts += [""] + [f"> {n}" for n in lat]
     return "\n".join(parts) + "\n"
