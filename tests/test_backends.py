@@ -268,3 +268,14 @@ def test_cache_list_names_the_backend():
     assert "backend" in head
     rows = [ln for ln in out.splitlines() if "Conv2d" in ln]
     assert any(" onnxruntime " in ln for ln in rows) and any(" eager " in ln for ln in rows)
+
+
+def test_analyze_table_has_a_column_and_a_whole_model_line_per_backend():
+    r = invoke("analyze", str(EXAMPLES / "tiny.yaml"), "--max-time", "0.05",
+               "--backend", "eager,onnxruntime")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    head = next(ln for ln in out.splitlines() if "layer" in ln and "MACs" in ln)
+    assert "latency eager" in head and "latency onnxruntime" in head
+    assert "whole model on onnxruntime: " in out
+    assert "backend onnxruntime 1." in out and "CPUExecutionProvider" in out

@@ -124,8 +124,25 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     if collapsed:
         out.append(Text(f"note: {collapsed}", style="yellow"))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
+    out.extend(_backend_model_lines(report))
     out.extend(_warnings(report))
     out.append(Text(CONVENTION_LINE, style="dim"))
+    return out
+
+
+def _backend_model_lines(report: AnalysisReport) -> list[Any]:
+    """'whole model on onnxruntime: 120 us (sum of the 2 conv/linear layers alone: 98 us)' for
+    each backend after the first (the first's line is the footer's 'whole model')."""
+    out = []
+    for b in _extra_backends(report):
+        d = report.backends[b]
+        ms = d.get("latency_ms")
+        line = f"whole model on {b}: " + (fmt_ms(ms) if ms is not None else (
+            "failed" if (d.get("timing") or {}).get("error") else "not measured"))
+        if d.get("layers_sum_ms") is not None:
+            line += (f"; sum of the {d.get('layers_timed')} conv/linear layers timed alone: "
+                     f"{fmt_ms(d['layers_sum_ms'])}")
+        out.append(Text(line))
     return out
 
 
@@ -315,7 +332,8 @@ def analysis_markdown(report: AnalysisReport, depth: int | None = None) -> str:
              md_table(["operator", "MACs", "FLOPs", "%MACs"],
                       [[k, human(v), human(2 * v), pct(v, report.macs)]
                        for k, v in report.by_operator.items()], "lrrr")]
-    for w in [*timing_lines(report.timing, report.device, report.latency_ms), *_warnings(report)]:
+    for w in [*timing_lines(report.timing, report.device, report.latency_ms),
+              *_backend_model_lines(report), *_warnings(report)]:
         parts += ["", f"> {w.plain}"]
     parts += ["", f"_{CONVENTION_LINE}_", ""]
     return "\n".join(parts)
