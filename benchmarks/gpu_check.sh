@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issues 3 and 5 in one go (for a lent GPU machine; writes under $OUT).
+# Every GPU check (issues 3, 5 and 14's backends) in one go (for a lent GPU machine; writes under $OUT).
 # Usage: OUT=/some/dir bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -22,6 +22,14 @@ cat "$OUT/reality.txt"
 echo "== analyze resnet50 on cuda fp16 batch 32"
 timeout 150 $py -m convcost analyze examples/models.py:ResNet50 --device cuda --dtype fp16 --batch 32 --max-time 0.3 -o "$OUT/resnet50_analyze.txt" 2>&1 | tail -2
 tail -8 "$OUT/resnet50_analyze.txt"
+echo "== backends on cuda (inductor via triton; onnxruntime where onnxruntime-gpu is installed)"
+for b in inductor onnxruntime; do
+  timeout 240 $py -m convcost compare --device cuda --dtype fp16 --groups 1,8 \
+    --variants grouped,depthwise,separable --backend "eager,$b" --time-budget 200 \
+    -o "$OUT/backend_$b.txt" 2>&1 | tail -3
+  tail -12 "$OUT/backend_$b.txt" 2>/dev/null
+done
+timeout 240 $py -m pytest tests/test_cuda.py -q -p no:cacheprovider -k backends 2>&1 | tail -5
 echo "== timing fidelity"
 timeout 300 $py benchmarks/timing_fidelity.py --device cuda 2>&1 | tail -20
 ls -la "$OUT"
