@@ -195,8 +195,9 @@ class _Labelled:
     def __init__(self, inner: Any, backend: str) -> None:
         self.inner, self.backend = inner, backend
 
-    def start(self, total: int, budget_s: float | None = None) -> None:
-        self.inner.start(total, budget_s)
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None:
+        self.inner.start(total, budget_s, what=f"timing on {self.backend}")
 
     def advance(self, label: str) -> None:
         self.inner.advance(f"[{self.backend}] {label}")
@@ -209,7 +210,8 @@ class _NullProgress:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def start(self, total: int, budget_s: float | None = None) -> None:
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None:
         pass
 
     def advance(self, label: str) -> None:

@@ -40,8 +40,11 @@ class RichProgress:
     def __exit__(self, *exc: Any) -> None:
         self.p.__exit__(*exc)
 
-    def start(self, total: int, budget_s: float | None = None) -> None:
-        self.task = self.p.add_task(f"{self.what} ({total} {self.unit})", total=total, item="")
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None:
+        """A bar for ``total`` items (one per call: several backends get a bar each)."""
+        self.task = self.p.add_task(f"{what or self.what} ({total} {self.unit})", total=total,
+                                    item="")
 
     def advance(self, label: str) -> None:
         if self.task is not None:
@@ -66,8 +69,11 @@ class PlainProgress:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def start(self, total: int, budget_s: float | None = None) -> None:
-        self.total, self.budget_s = total, budget_s
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None:
+        self.total, self.budget_s, self.done = total, budget_s, 0
+        if what:
+            self.what = what
         self.t0 = self.last = time.monotonic()
         if total:
             budget = f" (time budget {budget_s:.0f} s)" if budget_s else ""

@@ -44,12 +44,14 @@ CALL_OVERHEAD_S = 2e-5
 
 
 class Progress(Protocol):
-    def start(self, total: int, budget_s: float | None = None) -> None: ...
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None: ...
     def advance(self, label: str) -> None: ...
 
 
 class NoProgress:
-    def start(self, total: int, budget_s: float | None = None) -> None:
+    def start(self, total: int, budget_s: float | None = None,
+              what: str | None = None) -> None:
         pass
 
     def advance(self, label: str) -> None:
