@@ -111,9 +111,13 @@ def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
         rb = row.on(b)
         err = (rb.timing or {}).get("error")
         if err:
-            named = b is None or err.startswith(f"{b} ") or err.startswith(f"{b}:")
-            notes.insert(0, err if named and b is not None else
-                         f"{b}: {err}" if b is not None else f"timing failed: {err}")
+            if b is None:
+                text = f"timing failed: {err}"
+            elif err.startswith((f"{b} ", f"{b}:")):
+                text = err  # already names its backend ('onnxruntime export failed: ...')
+            else:
+                text = f"{b}: {err}"
+            notes.insert(0, text)
         elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED) and b != names[0]:
             notes.append(f"{b}: {_status_word(rb.latency_source)}")
     if row.latency_source == SAME:
