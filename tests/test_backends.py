@@ -207,13 +207,18 @@ def test_budget_latency_on_onnxruntime(tmp_path):
     assert f"{b}:6:" in r.output
 
 
+def _compare_on(backend: str) -> dict:
+    """The JSON of a small grouped compare timed on ``backend`` alone (exit 0 checked)."""
+    r = invoke("compare", *SMALL, "--groups", "1,2", "--variants", "grouped",
+               "--backend", backend, "-f", "json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
 def test_inductor_compiles_small_layers_outputs_checked():
     if backends.INDUCTOR.unavailable("cpu"):
         pytest.skip(backends.INDUCTOR.unavailable("cpu"))
-    r = invoke("compare", *SMALL, "--groups", "1,2", "--variants", "grouped",
-               "--backend", "inductor", "-f", "json")
-    assert r.exit_code == 0, r.output
-    d = json.loads(r.stdout)
+    d = _compare_on("inductor")
     for row in (d["baseline"], *d["variants"]):
         fig = row["backends"]["inductor"]
         assert fig["latency_ms"] > 0
@@ -238,10 +243,7 @@ def test_inductor_gives_each_kernel_its_own_compiled_code():
 
 def test_openvino_where_installed():
     pytest.importorskip("openvino", reason="openvino is an optional extra (convcost[openvino])")
-    r = invoke("compare", *SMALL, "--groups", "1,2", "--variants", "grouped",
-               "--backend", "openvino", "-f", "json")
-    assert r.exit_code == 0, r.output
-    d = json.loads(r.stdout)
+    d = _compare_on("openvino")
     for row in (d["baseline"], *d["variants"]):
         fig = row["backends"]["openvino"]
         assert fig["latency_ms"] > 0

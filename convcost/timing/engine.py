@@ -229,13 +229,7 @@ class TimingEngine:
         except KeyboardInterrupt:
             self.interrupted = True
         self.elapsed_s = time.perf_counter() - t0
-        status = INTERRUPTED if self.interrupted else BUDGET
-        for r in self.results.values():
-            if r.status == PENDING:
-                r.status = status
-        for p in self.pairs.values():
-            if p.status == PENDING:
-                p.status = status
+        self.abandon(INTERRUPTED if self.interrupted else BUDGET)
         if any(r.status == BUDGET for r in self.results.values()):
             self.budget_exhausted = True
 
@@ -317,11 +311,11 @@ class TimingEngine:
         try:
             m = prepare_module(k.module, self.cfg)
             xs = [inputs[tuple(s)] for s in k.in_shapes]
-            if self.runtime.name == backends.DEFAULT:
-                return Bench(lambda m=m, xs=xs: m(*xs), self.cfg, k.expected)
             stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
+            if self.runtime.reference:  # eager: nothing set up, nothing to check against
+                return Bench(prepared.fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
             setup = time.perf_counter() - t0
             self.setup_s += setup
             self._setups += 1
@@ -346,7 +340,7 @@ class TimingEngine:
             self._bench_errors[id(k)] = f"{self.backend} {e.stage} failed: {error_text(e.error)}"
             return None
         except Exception as e:
-            where = f"{self.backend} {stage}" if self.runtime.name != backends.DEFAULT else ""
+            where = "" if self.runtime.reference else f"{self.backend} {stage}"
             self._bench_errors[id(k)] = f"{where} failed: {error_text(e)}" if where else error_text(e)
             return None
 

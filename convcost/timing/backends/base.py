@@ -52,6 +52,7 @@ class Backend:
     extra: str | None = None  # the pip extra that installs it: convcost[<extra>]
     needs: tuple[str, ...] = ()
     cuda_graph: bool = False  # whether a CUDA-graph figure of its calls is meaningful
+    reference: bool = False  # eager: what the others' outputs are checked against
     devices: tuple[str, ...] = ("cpu", "cuda")
 
     def unavailable(self, device: str | None) -> str | None:

@@ -22,6 +22,21 @@ import torch
 OPSET = 17
 
 
+def export_for_runtime(module: torch.nn.Module, inputs: Sequence[torch.Tensor]
+                       ) -> tuple[list[torch.Tensor], bytes, str]:
+    """(contiguous inputs, ONNX model, exporter) for a runtime that binds NCHW memory: a
+    channels-last input is copied here, once, outside any timing. An export failure is a
+    :class:`~convcost.timing.backends.base.SetupError` at stage ``export``."""
+    from convcost.timing.backends.base import SetupError
+
+    xs = [x.contiguous() for x in inputs]
+    try:
+        blob, exporter = export_onnx(module, xs)
+    except Exception as e:
+        raise SetupError("export", e) from e
+    return xs, blob, exporter
+
+
 def export_onnx(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[bytes, str]:
     """(the ONNX model, the exporter used: 'torchscript' or 'dynamo'). Raises the last
     exporter's error when both fail."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from convcost.timing.backends.base import Backend, Prepared, SetupError, thread_count
-from convcost.timing.backends.onnx_export import export_onnx
+from convcost.timing.backends.onnx_export import OPSET, export_for_runtime
 from convcost.timing.device import Numerics
 
 GRAPH_OPT = "ORT_ENABLE_ALL"
@@ -53,22 +53,14 @@ class OnnxRuntime(Backend):
 
         return {"name": self.name, "version": ort.__version__, "provider": self._provider(n),
                 "threads": thread_count(n), "graph_opt": GRAPH_OPT,
-                "io_binding": True, "opset": 17}
+                "io_binding": True, "opset": OPSET}
 
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
-
         t0 = time.perf_counter()
-        # ONNX is NCHW: bind contiguous inputs (a channels-last copy made here, once)
-        xs = [x.contiguous() for x in inputs]
-        try:
-            blob, exporter = export_onnx(module, xs)
-        except Exception as e:
-            raise SetupError("export", e) from e
+        xs, blob, exporter = export_for_runtime(module, inputs)
         try:
             return self._session(module, inputs, xs, blob, exporter, n, t0)
-        except SetupError:
-            raise
         except Exception as e:
             raise SetupError("session", e) from e
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from convcost.timing.backends.base import Backend, Prepared, SetupError, thread_count
-from convcost.timing.backends.onnx_export import export_onnx
+from convcost.timing.backends.onnx_export import export_for_runtime
 from convcost.timing.device import Numerics
 
 HINTS = {"fp32": "f32", "tf32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -33,18 +33,13 @@ class OpenVino(Backend):
 
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
-
         t0 = time.perf_counter()
         if n.dtype in ("fp16", "bf16"):  # the model stays fp32; the hint sets the precision
             import copy
 
             module = copy.deepcopy(module).float()
             inputs = [x.float() for x in inputs]
-        xs = [x.contiguous() for x in inputs]
-        try:
-            blob, exporter = export_onnx(module, xs)
-        except Exception as e:
-            raise SetupError("export", e) from e
+        xs, blob, exporter = export_for_runtime(module, inputs)
         try:
             return self._compile(blob, exporter, xs, n, t0)
         except Exception as e:
