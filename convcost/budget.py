@@ -382,6 +382,9 @@ def load_baseline(path: Path | None) -> dict[str, Any] | None:
 
     try:
         data = json.loads(read_bounded(path, 64 * 1024 * 1024, "baseline").decode("utf-8"))
+    except RecursionError as e:
+        raise BudgetFileError(f"{path}: baseline is JSON nested too deep; rewrite it with "
+                              "convcost check --update-baseline") from e
     except (OSError, ValueError) as e:
         raise BudgetFileError(f"{path}: baseline is not valid JSON ({e}); rewrite it with "
                               "convcost check --update-baseline") from e

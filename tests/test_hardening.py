@@ -42,14 +42,39 @@ def one_line(p: subprocess.CompletedProcess, code: int, needle: str) -> None:
 # --------------------------------------------------------------------------- untrusted files
 
 
-@pytest.mark.parametrize("name", ["expr_injection", "guard_injection", "target_torch_save",
-                                  "range_key_injection", "aoti_payload", "dotdot_member"])
+HOSTILE_PT2 = ["expr_injection", "guard_injection", "target_torch_save", "range_key_injection",
+               "aoti_payload", "dotdot_member", "name_injection", "expr_power_tower",
+               "zero_byte_weight_16g", "stack_trace_cr", "int_beyond_int64", "deep_json",
+               "bad_crc", "encrypted_member", "unknown_compression"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_PT2)
 def test_hostile_pt2_runs_no_code(tmp_path, name):
     before = {p.name for p in Path("/tmp").glob("aotinductor_*")}
     p = convcost("analyze", "--no-time", str(PT2 / f"{name}.pt2"), cwd=tmp_path)
     one_line(p, 3, str(PT2 / f"{name}.pt2"))
     assert not (tmp_path / "MARKER_pt2_code_ran").exists()
     assert {p.name for p in Path("/tmp").glob("aotinductor_*")} == before  # nothing unpacked
+
+
+def test_pt2_generator_still_makes_hostile_archives(tmp_path):
+    """The generator rebuilds the corpus from a fresh export of this torch; each archive is
+    still refused in-process (exit 3, one line), and the name injection is real: torch's own
+    loader writes the parameter's name into generated Python."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("make_pt2", PT2 / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    make.main(tmp_path)
+    for name in HOSTILE_PT2:
+        r = CliRunner().invoke(cli, ["analyze", "--no-time", str(tmp_path / f"{name}.pt2")])
+        assert r.exit_code == 3, (name, r.output)
+        assert "Traceback" not in r.output
+    ep = torch.export.load(str(tmp_path / "name_injection.pt2"))
+    assert '__import__("os")' in ep.module().code  # what the guard keeps from running
 
 
 def test_genuine_pt2_still_loads():

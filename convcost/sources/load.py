@@ -82,26 +82,29 @@ def is_spec_path(source: str) -> bool:
 
 
 def parse_model_args(items: tuple[str, ...] | list[str], where: str = "--model-arg") -> dict[str, Any]:
-    """``KEY=VALUE`` strings to keyword arguments; values are YAML scalars (``false`` -> False,
-    ``384`` -> 384, ``0.5``, ``null``, text). Bad forms are one ``InputError`` line."""
-    import re
+    """``KEY=VALUE`` strings to keyword arguments; KEY is a Python identifier (Unicode letters
+    included, as Python allows), values are YAML scalars read by convcost's safe loader
+    (``false`` -> False, ``384`` -> 384, ``0.5``, ``null``, text; a date stays text). Bad forms
+    are one ``InputError`` line."""
+    import keyword
 
     out: dict[str, Any] = {}
     if items:
-        import yaml  # only when there is a value to read
+        from convcost.sources.yamlio import load_yaml_text  # only when there is a value to read
     for item in items:
         key, sep, text = str(item).partition("=")
         key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise InputError(f"{where} {item!r}: use KEY=VALUE with KEY a Python identifier, e.g. "
-                             "--model-arg aux_logits=false")
+        if not sep or not key.isidentifier() or keyword.iskeyword(key):
+            raise InputError(f"{where} {item[:80]!r}: use KEY=VALUE with KEY a Python identifier, "
+                             "e.g. --model-arg aux_logits=false")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as e:
-            raise InputError(f"{where} {item!r}: the value is not a YAML scalar ({e})") from e
+            value = load_yaml_text(text, f"{where} {key}") if text.strip() else ""
+        except InputError as e:
+            raise InputError(f"{str(e).replace(f'{where} {key}:1: ', f'{where} {key}: ', 1)}"
+                             ) from e
         if isinstance(value, (list, dict)):
-            raise InputError(f"{where} {item!r}: the value must be a scalar (a number, true/false, "
-                             "null or text), not a list or mapping")
+            raise InputError(f"{where} {item[:80]!r}: the value must be a scalar (a number, "
+                             "true/false, null or text), not a list or mapping")
         if key in out:
             raise InputError(f"{where}: {key!r} is given twice")
         out[key] = value
@@ -218,11 +221,26 @@ def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
         raise ModelError(f"{source}: timm could not build it{args}: {_one_line(e)}") from e
 
 
+def _regular_file(source: str, path: Path, what: str) -> None:
+    """A model file must be a regular file: a FIFO would block the import forever, a device
+    would never end (exit 3, one line)."""
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelError(f"{source}: no such file {path}") from None
+    except OSError as e:
+        raise ModelError(f"{source}: cannot read {path}: {e.strerror or e}") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelError(f"{source}: {path} is a directory, expected {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise ModelError(f"{source}: {path} is {kind}, expected {what} (a regular file)")
+
+
 def _attr_from_file(source: str, path: Path, attr: str) -> Any:
-    if not path.exists():
-        raise ModelError(f"{source}: no such file {path}")
-    if path.is_dir():
-        raise ModelError(f"{source}: {path} is a directory, expected a .py file")
+    _regular_file(source, path, "a .py file")
     mod_name = f"convcost_user_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - .py always has a loader
@@ -347,11 +365,13 @@ def tensors_only_unpickling() -> Iterator[None]:
 
 def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True) -> Loaded:
     path = Path(source)
-    if not path.is_file():
-        raise ModelError(f"{source}: no such file")
+    _regular_file(source, path, "a .pt2 archive")
+    from convcost.memory import fmt_bytes, guard
     from convcost.sources.pt2_guard import check_archive
 
-    check_archive(path)  # before torch sees it: nothing in the archive may run as code
+    stored = check_archive(path)  # before torch sees it: nothing in the archive may run as code
+    guard(stored, f"the archive's tensors, {fmt_bytes(stored)}",
+          what=f"{source} (loading its weights)", enabled=memory_check)
     import warnings
 
     try:

@@ -186,9 +186,9 @@ def _int(ctx: _Ctx, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1
         raise ctx.err(f"value {_describe(v)} must be an integer >= {minimum}", node=node, key=key,
                       layer=layer)
     if v < minimum:
-        raise ctx.err(f"value {v} must be >= {minimum}", node=node, key=key, layer=layer)
+        raise ctx.err(f"value {_describe(v)} must be >= {minimum}", node=node, key=key, layer=layer)
     if v > MAX_DIM:
-        raise ctx.err(f"value {v} is larger than the supported maximum {MAX_DIM}", node=node,
+        raise ctx.err(f"value {_describe(v)} is larger than the supported maximum {MAX_DIM}", node=node,
                       key=key, layer=layer)
     return v
 

@@ -1,11 +1,17 @@
 """Safe YAML loading that keeps line numbers, rejects duplicate keys and defuses alias bombs.
 
 The loader is a subclass of ``yaml.SafeLoader`` that only changes how mappings are built (to
-remember each key's line): it constructs plain Python data, never arbitrary objects.
+remember each key's line): it constructs plain Python data, never arbitrary objects. Its own
+limits apply whatever the YAML library does (a scan of the text bounds flow nesting before the
+parser sees it; the composed node graph bounds block nesting and aliases). A value that its
+tag cannot build (``!!int eight``, ``!!bool maybe``, ``2024-13-45`` read as a date, a
+5,000-digit integer) is one error naming the line and key, never a crash.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +31,39 @@ class _Problem(yaml.YAMLError):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
         self.line, self.message = line, message
+        self.keyed = False
 
 
-class _LineSafeLoader(yaml.SafeLoader):
+def _tag_name(tag: str) -> str:
+    return "!!" + tag.rsplit(":", 1)[-1] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _CheckedConstruction:
+    """Constructors whose failures are :class:`_Problem` lines (a value its tag cannot build,
+    an impossible date, an integer beyond Python's digit limit)."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)  # type: ignore[misc]
+        except (_Problem, yaml.YAMLError, RecursionError):
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError) as e:
+            value = node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__
+            raise _Problem(node.start_mark.line + 1, f"{str(value)[:40]!r} is not a valid "
+                           f"{_tag_name(node.tag)} ({_why(node.tag, e)})") from e
+
+
+def _why(tag: str, e: Exception) -> str:
+    if "Exceeds the limit" in str(e):
+        return f"more than {sys.get_int_max_str_digits()} digits"
+    if tag.endswith(":bool"):
+        return "use true or false"
+    if tag.endswith(":timestamp"):
+        return f"not a date: {e}" if isinstance(e, ValueError) else "not a date"
+    return str(e)[:80] if isinstance(e, ValueError) else type(e).__name__
+
+
+class _LineSafeLoader(_CheckedConstruction, yaml.SafeLoader):
     """SafeLoader plus line numbers, duplicate-key errors and alias/depth limits."""
 
     def __init__(self, stream: Any) -> None:
@@ -67,7 +103,12 @@ def _construct_mapping(loader: _LineSafeLoader, node: yaml.MappingNode) -> LineD
         if key in out:
             raise _Problem(key_node.start_mark.line + 1,
                            f"duplicate key {key!r} (first on line {out.key_lines[key]})")
-        out[key] = loader.construct_object(value_node, deep=True)
+        try:
+            out[key] = loader.construct_object(value_node, deep=True)
+        except _Problem as e:
+            if not e.keyed:  # name the innermost key once
+                e.message, e.keyed = f"key {str(key)[:40]!r}: {e.message}", True
+            raise
         out.key_lines[key] = key_node.start_mark.line + 1
     return out
 
@@ -77,7 +118,7 @@ _LineSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, 
 
 _CLoader = getattr(yaml, "CSafeLoader", None)
 if _CLoader is not None:
-    class _LineCSafeLoader(_CLoader):  # type: ignore[misc,valid-type]
+    class _LineCSafeLoader(_CheckedConstruction, _CLoader):  # type: ignore[misc,valid-type]
         """libyaml's parser and composer (about 3x faster), the same constructors: line numbers
         and duplicate keys. Alias and depth limits are checked on the composed node graph,
         before anything is constructed (an alias bomb is cheap until it is constructed)."""
@@ -110,7 +151,45 @@ def _check_graph(root: Any) -> None:
             stack.extend((k, depth + 1) for k in kids)
 
 
+_FLOW = re.compile(r"[\[\]{}'\"#\n\\]")
+
+
+def _check_flow_depth(text: str) -> None:
+    """Flow nesting (``[[[[...``) bounded on the text itself, before any parser sees it (the
+    parser's own limits and messages vary between releases). Quoted scalars and comments are
+    skipped; a bracket inside a plain scalar counts, which can only refuse a scalar with more
+    than MAX_DEPTH nested brackets."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    depth, line, quote, comment, prev_end = 0, 1, "", False, 0
+    for m in _FLOW.finditer(text):
+        c, i = m.group(), m.start()
+        if c == "\n":
+            line, comment = line + 1, False
+            continue
+        if comment:
+            continue
+        if quote:
+            if c == "\\" and quote == '"':
+                prev_end = i + 2  # skip the escaped character
+            elif c == quote and i >= prev_end:
+                quote = ""
+            continue
+        before = text[i - 1] if i else "\n"
+        if c in "'\"" and before in " \t\n[{,:-":
+            quote, prev_end = c, i + 1
+        elif c == "#" and before in " \t\n":
+            comment = True
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Problem(line, f"nesting deeper than {MAX_DEPTH} levels")
+        elif c in "]}":
+            depth = max(0, depth - 1)
+
+
 def _load(text: str) -> Any:
+    _check_flow_depth(text)
     if _LineCSafeLoader is None:
         return yaml.load(text, Loader=_LineSafeLoader)
     loader = _LineCSafeLoader(text)
@@ -137,8 +216,8 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise InputError(f"{source}{line}: YAML syntax error: {what}") from e
     except yaml.YAMLError as e:
         raise InputError(f"{source}: YAML error: {e}") from e
-    except RecursionError as e:
-        raise InputError(f"{source}: YAML nesting too deep") from e
+    except (RecursionError, MemoryError) as e:
+        raise InputError(f"{source}: YAML nesting deeper than {MAX_DEPTH} levels") from e
 
 
 def read_text_file(path: str | Path, what: str = "file") -> str:
