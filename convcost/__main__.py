@@ -1,4 +1,4 @@
-from convcost.cli import main
+from convcost.entry import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,16 @@ The parent waits for the child's result. A child that ends without one (``sys.ex
 ``os._exit``, an abort or a segfault in the model's code) is reported as one line naming the
 source, what it was doing and how it ended, exit 3; so is one that does not finish within the
 timeout of its phase (``--timeout`` for loading and counting; the time budget, plus a margin,
-for timing). SIGTERM received by the parent is passed on to the child.
+for timing).
+
+The model's process never outlives convcost. The child convcost starts is a small supervisor
+that leads a process group of its own and forks the model's process into it; it ends the
+whole group (the model's process and anything the model forked) the moment convcost is gone,
+SIGKILL included (``PR_SET_PDEATHSIG`` on Linux, a watch on the parent everywhere). SIGTERM and
+Ctrl-C received by convcost are passed on to the group; a model that ignores them (or does not
+hand its finished rows back) within ``GRACE_S`` seconds is killed, and convcost exits 143 or
+130. When the work is done, the group is killed, so a helper the model forked cannot hold
+convcost's output streams open.
 
 How the child starts (``CONVCOST_ISOLATION``, else the default below):
 
@@ -153,6 +162,163 @@ def _child_main(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Non
         os._exit(0)
 
 
+GRACE_S = 5.0  # after SIGTERM/Ctrl-C, how long the model's process may take to hand back rows
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Linux: ``sig`` is delivered to this process when its parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return False
+
+
+def _watch_parent(parent: int, then: Callable[[], None]) -> None:
+    """Where PR_SET_PDEATHSIG is missing: a thread that calls ``then`` once the parent is gone."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        then()
+
+    threading.Thread(target=watch, name="convcost-parent-watch", daemon=True).start()
+
+
+def _kill_own_group() -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(1)
+
+
+def _supervise(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], parent: int) -> None:
+    """The child convcost starts: it leads a process group of its own, forks the process that
+    runs the model's code into it, and ends the whole group (the model's process and whatever
+    it forked) as soon as convcost is gone, whatever ended it (SIGKILL included): Linux tells it
+    at once (PR_SET_PDEATHSIG), and it watches its parent everywhere. Only convcost's code runs
+    here, so the model cannot change how it reacts."""
+    if hasattr(os, "setpgid"):
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows: no groups, no supervision
+        _child_main(conn, fn, args)
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the model's process: dies with its supervisor
+        if not set_parent_death_signal(signal.SIGKILL):
+            _watch_parent(me, lambda: os._exit(1))
+        if os.getppid() != me:
+            os._exit(1)
+        _child_main(conn, fn, args)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # convcost signals the group; the model acts
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, lambda *_: _kill_own_group())
+    set_parent_death_signal(signal.SIGUSR1)
+    status = None
+    while status is None:
+        if os.getppid() != parent:
+            _kill_own_group()
+        try:
+            done, st = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # pragma: no cover - reaped elsewhere
+            break
+        if done:
+            status = os.waitstatus_to_exitcode(st)
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        conn.send(("ended", status))
+    os._exit(0)
+
+
+def signal_group(proc: Any, sig: int) -> None:
+    """``sig`` to the model's process group (its supervisor ignores SIGINT/SIGTERM)."""
+    if not proc.pid:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # the group is not formed yet, or gone
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, sig)
+    except (OSError, AttributeError):  # pragma: no cover - no process groups
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, sig)
+
+
+def _end(proc: Any) -> None:
+    """The supervisor has a moment to leave; then the whole group is killed (a helper the
+    model forked would otherwise hold convcost's stderr and outlive the run)."""
+    proc.join(2)
+    signal_group(proc, signal.SIGKILL)
+    proc.join(5)
+
+
+class _Wait:
+    """The parent's view of a running child: what it does, until when, and signals received."""
+
+    def __init__(self, proc: Any, timeout_s: float) -> None:
+        self.proc, self.timeout_s = proc, timeout_s
+        self.current, self.deadline = "loading the model", time.monotonic() + timeout_s
+        self.signalled: int | None = None  # SIGINT or SIGTERM passed on to the child
+        self.grace_until = float("inf")
+        self.ended: int | None = None  # the model process's exit code, from the supervisor
+
+    def stop(self, sig: int) -> None:
+        """Pass ``sig`` on; a second one, or a child that ignores it for GRACE_S, is killed."""
+        if sig == signal.SIGTERM:
+            TERMINATED["flag"] = True
+        if self.signalled is not None:
+            self.grace_until = 0.0
+        self.signalled = sig
+        signal_group(self.proc, sig)
+        self.grace_until = min(self.grace_until, time.monotonic() + GRACE_S)
+
+    def gave_up(self) -> bool:
+        if time.monotonic() > self.grace_until:
+            signal_group(self.proc, signal.SIGKILL)
+            return True
+        return False
+
+
+def _receive(conn: Any, w: _Wait, label: str) -> Any:
+    """Messages until a result (None when the child ended without one)."""
+    while True:
+        try:
+            ready = conn.poll(0.2)
+        except KeyboardInterrupt:  # Ctrl-C: the model's group is not the terminal's
+            w.stop(signal.SIGINT)
+            continue
+        if ready:
+            try:
+                got = conn.recv()
+            except (EOFError, OSError):
+                return None  # the child ended without a result
+            if got[0] == "phase":
+                w.current = got[1]
+                w.deadline = time.monotonic() + (got[2] if got[2] is not None else w.timeout_s)
+                continue
+            if got[0] == "ended":
+                w.ended = got[1]
+                return None
+            return got
+        if w.signalled is not None and w.gave_up():
+            raise Terminated() if w.signalled == signal.SIGTERM else KeyboardInterrupt()
+        if not w.proc.is_alive():
+            if conn.poll(0.05):
+                continue
+            return None
+        if time.monotonic() > w.deadline:
+            signal_group(w.proc, signal.SIGKILL)
+            raise ModelError(f"{label}: the model's code did not finish {w.current} within "
+                             f"{w.timeout_s if 'timing' not in w.current else 'its time'} s "
+                             "(an endless loop, or a far too large input); raise --timeout "
+                             "if it needs longer")
+
+
 def _run_child(fn: Callable[..., Any], args: tuple[Any, ...], label: str,
                timeout_s: float, start: str = "fork") -> Any:
     ctx = mp.get_context(start)
@@ -160,67 +326,35 @@ def _run_child(fn: Callable[..., Any], args: tuple[Any, ...], label: str,
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
         sys.stderr.flush()
-    proc = ctx.Process(target=_child_main, args=(child_conn, fn, args), daemon=True)
-    term_seen = {"n": 0}
-
-    def on_term(signum: int, frame: Any) -> None:  # pass SIGTERM on; the child keeps results
-        TERMINATED["flag"] = True
-        term_seen["n"] += 1
-        with contextlib.suppress(OSError):
-            if proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
+    proc = ctx.Process(target=_supervise, args=(child_conn, fn, args, os.getpid()), daemon=True)
+    w = _Wait(proc, timeout_s)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: w.stop(signal.SIGTERM))
     proc.start()
+    if hasattr(os, "setpgid"):
+        with contextlib.suppress(OSError):
+            os.setpgid(proc.pid, proc.pid)  # also here: no window where a signal misses it
     child_conn.close()
-    current, deadline = "loading the model", time.monotonic() + timeout_s
-    msg = None
-    interrupted = False
     try:
-        while msg is None:
-            try:
-                ready = parent_conn.poll(0.2)
-            except KeyboardInterrupt:  # Ctrl-C: the child got it too (same process group)
-                interrupted = True
-                with contextlib.suppress(OSError):
-                    os.kill(proc.pid, signal.SIGINT)  # in case it came from kill, not a tty
-                deadline = max(deadline, time.monotonic() + 30)
-                continue
-            if ready:
-                try:
-                    got = parent_conn.recv()
-                except (EOFError, OSError):
-                    break  # the child ended without a result
-                if got[0] == "phase":
-                    current = got[1]
-                    deadline = time.monotonic() + (got[2] if got[2] is not None else timeout_s)
-                    continue
-                msg = got
-                break
-            if not proc.is_alive():
-                if parent_conn.poll(0.05):
-                    continue
-                break
-            if time.monotonic() > deadline:
-                _kill(proc)
-                raise ModelError(f"{label}: the model's code did not finish {current} within "
-                                 f"{timeout_s if 'timing' not in current else 'its time'} s "
-                                 "(an endless loop, or a far too large input); raise --timeout "
-                                 "if it needs longer")
+        msg = _receive(parent_conn, w, label)
     finally:
         signal.signal(signal.SIGTERM, old_term)
         parent_conn.close()
-    proc.join(5)
-    if proc.is_alive():
-        _kill(proc)
+        _end(proc)
+    return _outcome(msg, w, label)
+
+
+def _outcome(msg: Any, w: _Wait, label: str) -> Any:
     if msg is None:
-        raise ModelError(f"{label}: the model's code ended the process while {current} "
-                         f"({_how(proc.exitcode)}); nothing it computed is reported")
+        if w.signalled is not None:
+            raise Terminated() if w.signalled == signal.SIGTERM else KeyboardInterrupt()
+        code = w.ended if w.ended is not None else w.proc.exitcode
+        raise ModelError(f"{label}: the model's code ended the process while {w.current} "
+                         f"({_how(code)}); nothing it computed is reported")
     kind = msg[0]
     if kind == "ok":
         return msg[1]
     if kind == "interrupted":
-        if msg[1]:
+        if msg[1] or w.signalled == signal.SIGTERM:
             raise Terminated()
         raise KeyboardInterrupt()
     if kind == "error":
@@ -230,9 +364,9 @@ def _run_child(fn: Callable[..., Any], args: tuple[Any, ...], label: str,
         err.exit_status = ExitStatus(status)
         raise err
     if kind == "exit":
-        raise ModelError(f"{label}: the model's code called sys.exit({msg[1]!r}) while {current}; "
-                         "nothing it computed is reported")
-    if interrupted:
+        raise ModelError(f"{label}: the model's code called sys.exit({msg[1]!r}) while "
+                         f"{w.current}; nothing it computed is reported")
+    if w.signalled is not None:
         raise KeyboardInterrupt()
     raise InternalError(msg[1], msg[2])
 
@@ -256,7 +390,4 @@ def _how(code: int | None) -> str:
     return f"exit code {code} without a result"
 
 
-def _kill(proc: Any) -> None:
-    with contextlib.suppress(Exception):
-        proc.kill()
-        proc.join(5)
+
