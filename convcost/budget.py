@@ -71,11 +71,17 @@ class Check:
     model_args: dict[str, Any] = field(default_factory=dict)
 
 
+UNMEASURED_POLICIES = ("error", "warn", "skip")
+
+
 @dataclass
 class Budget:
     path: Path
     checks: list[Check]
     baseline: Path | None
+    # a latency limit whose measurement failed (export, compile, run, output check): an
+    # 'error' verdict (exit 4) by default; never a silent pass
+    on_unmeasured: str = "error"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -165,7 +171,11 @@ def load_budget(path: str | Path) -> Budget:
     except InputError as e:
         raise BudgetFileError(str(e)) from e
     p = _P(path)
-    p.keys(data, ("version", "defaults", "baseline", "checks"), "")
+    p.keys(data, ("version", "defaults", "baseline", "checks", "on_unmeasured"), "")
+    policy = data.get("on_unmeasured", "error")
+    if policy not in UNMEASURED_POLICIES:
+        raise p.err(f"'on_unmeasured' is {str(policy)[:40]!r}; use one of "
+                    f"{', '.join(UNMEASURED_POLICIES)}", data, "on_unmeasured")
     if data.get("version") != BUDGET_VERSION:
         raise p.err(f"'version' must be {BUDGET_VERSION} (got {data.get('version')!r})", data,
                     "version" if "version" in data else None)
@@ -242,7 +252,8 @@ def load_budget(path: str | Path) -> Budget:
     base = data.get("baseline")
     if base is not None and not isinstance(base, str):
         raise p.err(f"'baseline' must be a path, got {base!r}", data, "baseline")
-    return Budget(path, checks, (path.parent / base) if isinstance(base, str) else None)
+    return Budget(path, checks, (path.parent / base) if isinstance(base, str) else None,
+                  policy)
 
 
 def _check_backend(p: _P, lat: LatencyTarget, node: Any, where: str) -> None:
@@ -411,15 +422,34 @@ def baseline_document(report: BudgetReport) -> dict[str, Any]:
             "checks": report.metrics}
 
 
+def _unmeasured(check: Check, metric: str, lim: Limit, why: str, policy: str,
+                report: BudgetReport) -> Result:
+    """A limit whose measurement failed, judged by the budget's ``on_unmeasured`` policy:
+    ``error`` (exit 4), ``warn`` or ``skip``; it never passes."""
+    from convcost.errors import ExitStatus
+
+    verdict = {"error": "error", "warn": "warn", "skip": "skip"}[policy]
+    msg = (f"{'ERROR' if verdict == 'error' else verdict.upper()} {check.name}: {metric} could "
+           f"not be measured ({why}); on_unmeasured: {policy}")
+    if verdict == "error":
+        report.errors.append((check.name, int(ExitStatus.INCOMPLETE), msg))
+    return Result(check.name, metric, "model", None, lim, verdict, message=msg)
+
+
 def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
                    baseline: dict[str, Any] | None, baseline_path: Path | None,
-                   report: BudgetReport, updating: bool = False) -> None:
+                   report: BudgetReport, updating: bool = False,
+                   on_unmeasured: str = "error") -> None:
     """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
     values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
               "paper_macs": metrics.get("paper_macs"),
               "flops": metrics.get("flops"), "latency": metrics.get("latency_ms")}
     for metric, lims in check.limits.items():
         v = values[metric]
+        if v is None and metrics.get(f"{metric}_failed"):
+            report.results.append(_unmeasured(check, metric, lims[0],
+                                              metrics[f"{metric}_failed"], on_unmeasured, report))
+            continue
         if v is None:
             report.results.append(Result(check.name, metric, "model", None, lims[0], "skip",
                                          message=metrics.get("latency_skip", "not measured")))
@@ -440,6 +470,10 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
         v = values[metric]
         bkey = "latency_ms" if metric == "latency" else metric
         b = (base or {}).get(bkey)
+        if v is None and metrics.get(f"{metric}_failed") and not updating:
+            report.results.append(_unmeasured(check, metric, lims[0],
+                                              metrics[f"{metric}_failed"], on_unmeasured, report))
+            continue
         if b is None or v is None:
             if updating:
                 why = "not judged: --update-baseline is writing the baseline"
@@ -531,7 +565,7 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
             meas = kr.measurement
             if meas is None or meas.median_ms is None:
                 err = kr.error or "not measured"
-                metrics["latency_skip"] = f"timing failed: {err}"
+                metrics["latency_failed"] = f"timing failed: {err}"
             else:
                 metrics["latency_ms"] = meas.median_ms
                 metrics["latency"] = {"device": dev, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
@@ -571,8 +605,10 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
             report.not_checked = [c.name for c in budget.checks[i:]]
             break
         report.notices.extend(m.notices)
-        report.metrics[check.name] = {k: v for k, v in m.metrics.items() if k != "latency_skip"}
-        evaluate_check(check, m.metrics, m.layers, baseline, bpath, report, update_baseline)
+        report.metrics[check.name] = {k: v for k, v in m.metrics.items()
+                                      if k not in ("latency_skip", "latency_failed")}
+        evaluate_check(check, m.metrics, m.layers, baseline, bpath, report, update_baseline,
+                       budget.on_unmeasured)
     return report
 
 

@@ -331,6 +331,9 @@ def _exit_for(run: Any, output: Path | None = None) -> None:
         problems.append(f"{len(run.over_budget)} measurement(s) did not fit in the time budget "
                         f"of {run.engine.get('time_budget_s'):g} s (marked 'not measured "
                         "(budget)'); raise --time-budget, or rerun: measured kernels are cached")
+    if getattr(run, "undersampled", None):
+        problems.append(f"{len(run.undersampled)} measurement(s) got fewer than the "
+                        f"{run.config.min_samples}-sample minimum (marked '!', not stored)")
     if problems:
         _err("incomplete: " + "; ".join(problems))
         sys.exit(int(ExitStatus.INCOMPLETE))
@@ -606,11 +609,10 @@ def compare(source: str | None, groups: tuple[int, ...] | None, variant_names: t
 def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
     """Measure the device's peak bandwidth (large copy) and GEMM TFLOP/s per dtype, and cache them
     per device fingerprint so reports can show roofline bounds."""
-    import json
-
     import torch
 
     from convcost.paths import cache_dir
+    from convcost.report.common import json_text
     from convcost.timing.device import resolve_device
     from convcost.timing.roofline import calibrate as run_calibrate
     from convcost.timing.roofline import save
@@ -642,7 +644,7 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
                            "--quick to replace it)", err=True)
                 path = None
     if fmt == "json":
-        click.echo(json.dumps({**peaks.to_dict(), "cache": str(path) if path else None}, indent=2))
+        click.echo(json_text({**peaks.to_dict(), "cache": str(path) if path else None}))
         return
     click.echo(f"device:     {peaks.name} ({peaks.device})")
     click.echo(f"bandwidth:  {peaks.bandwidth_gbs:,.1f} GB/s (copy, read + write)")
@@ -687,11 +689,11 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     budget file, 3 when a model cannot be loaded (the other checks still run, and the report,
     JUnit and summary are always written).
     """
-    import json
     import os
 
     from convcost.budget import baseline_document, limits_document, load_budget, run_budget
     from convcost.report.check import budget_dict, budget_junit, budget_markdown, budget_renderables
+    from convcost.report.common import json_text
 
     summary_path = summary or (Path(os.environ["GITHUB_STEP_SUMMARY"])
                                if os.environ.get("GITHUB_STEP_SUMMARY") else None)
@@ -706,12 +708,12 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
     doc = budget_dict(report, limits_document(b))
     console = stdout_console()
     if fmt == "json" and output is None:
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json_text(doc))
     else:  # the verdict table is the gate's log: printed even when -o writes a file
         width = None if wide or not console.is_terminal else console.width
         emit(budget_renderables(report, width=width), console)
     if output is not None:
-        text = {"json": json.dumps(doc, indent=2) + "\n",
+        text = {"json": json_text(doc) + "\n",
                 "markdown": budget_markdown(report)}.get(out_fmt) or plain_text(
                     budget_renderables(report))
         _write_file(output, text)
@@ -732,7 +734,7 @@ def check(budget: Path, fmt: str, output: Path | None, junit: Path | None, summa
         except OSError as e:
             raise InputError(f"{target.parent}: cannot create the baseline's folder: "
                              f"{e.strerror or e}") from e
-        _write_file(target, json.dumps(baseline_document(report), indent=2) + "\n", "baseline")
+        _write_file(target, json_text(baseline_document(report)) + "\n", "baseline")
         click.echo(f"wrote baseline {target}", err=True)
     for _, _, why in report.errors:
         _err(why)
@@ -758,13 +760,16 @@ def cache() -> None:
     """
 
 
-def _open_table() -> Any:
+def _table_rows() -> tuple[Any, list[dict[str, Any]]]:
+    """The latency table and its valid rows; every notice (unusable table, ignored rows)
+    printed once to stderr."""
     from convcost.timing.table import LatencyTable
 
     t = LatencyTable.open()
+    rows = t.kernels()
     for n in t.notices:
         click.echo(f"notice: {n}", err=True)
-    return t
+    return t, rows
 
 
 @cache.command("list")
@@ -776,8 +781,7 @@ def cache_list(fmt: str, wide: bool) -> None:
     """Show the stored measurements, newest first."""
     from convcost.report.cache import cache_csv, cache_json, cache_renderables
 
-    t = _open_table()
-    rows = t.kernels()
+    t, rows = _table_rows()
     if fmt == "json":
         click.echo(cache_json(rows, str(t.path)), nl=False)
     elif fmt == "csv":
@@ -808,8 +812,7 @@ def cache_export(file: Path, fmt: str | None) -> None:
         raise InputError(f"{file}: cannot tell the format from the extension; use .json or .csv, "
                          "or --format json|csv")
     _check_outputs(export=file)
-    t = _open_table()
-    rows = t.kernels()
+    t, rows = _table_rows()
     _write_file(file, cache_json(rows, str(t.path)) if fmt == "json" else cache_csv(rows))
     click.echo(f"wrote {len(rows)} measurement(s) to {file}", err=True)
 
@@ -818,7 +821,9 @@ def cache_export(file: Path, fmt: str | None) -> None:
 @_common
 def cache_clear() -> None:
     """Delete every stored measurement and paired ratio."""
-    t = _open_table()
+    from convcost.timing.table import LatencyTable
+
+    t = LatencyTable.open()
     k, p = t.clear()
     click.echo(f"removed {k} measurement(s) and {p} paired ratio(s) from {t.path}")
 

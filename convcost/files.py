@@ -6,6 +6,11 @@
   over the destination: a reader sees the old file or the new one, never half of one, and a
   failed write (full disk, file-size limit) leaves the old file intact.
 - Destinations are checked before long work (the folder exists and is writable).
+- One rule for what a destination names: a symbolic link is followed, and the file it points to
+  is replaced atomically (the link stays a link; a dangling link's target is created);
+  ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` are written to that open stream, in place;
+  a device or a FIFO (``/dev/null``, a named pipe) is written in place, not atomically.
+  Nothing is ever written anywhere but where the path leads.
 
 Every problem is one :class:`~convcost.errors.InputError` line naming the path.
 """
@@ -53,20 +58,78 @@ def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
     return data
 
 
+_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def stream_fd(path: str | Path) -> int | None:
+    """The file descriptor that ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or
+    ``/proc/self/fd/N`` names, else None."""
+    text = os.path.normpath(str(path))
+    if text in _STREAMS:
+        return _STREAMS[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
+def resolve_destination(path: str | Path) -> Path:
+    """Where a write to ``path`` lands: the target of a symbolic link (followed to the end),
+    else ``path`` itself."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
+
+
+def _in_place(p: Path) -> bool:
+    """A stream, device or FIFO: written where it is, not by replacing it."""
+    if stream_fd(p) is not None:
+        return True
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
+
+
 def check_destination(path: str | Path, what: str = "output") -> Path:
     """Refuse, before any work, a destination whose folder is missing or not writable, or that
-    is a directory."""
-    p = Path(path)
+    is a directory; return where the write will land (see the module docstring)."""
+    named = Path(path)
+    if _in_place(named):
+        if stream_fd(named) is None and not os.access(named, os.W_OK):
+            raise InputError(f"{named}: is not writable")
+        return named
+    p = resolve_destination(named)
+    via = f" (the link {named} points there)" if p != named else ""
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
-        raise InputError(f"{p}: is a directory; give a file name for the {what}")
+        raise InputError(f"{p}: is a directory{via}; give a file name for the {what}")
     if not parent.is_dir():
-        raise InputError(f"{p}: the folder {parent} does not exist; create it first")
+        raise InputError(f"{p}: the folder {parent} does not exist{via}; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{p}: the folder {parent} is not writable")
+        raise InputError(f"{p}: the folder {parent} is not writable{via}")
     if p.exists() and not p.is_file():
         raise InputError(f"{p}: exists and is not a regular file; cannot write the {what} there")
     return p
+
+
+def _write_in_place(p: Path, data: bytes, what: str) -> None:
+    fd = stream_fd(p)
+    try:
+        if fd is not None:
+            import sys
+
+            for s in (sys.stdout, sys.stderr):  # what was printed before comes first
+                with contextlib.suppress(OSError, ValueError):
+                    s.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        else:
+            with p.open("wb") as f:
+                f.write(data)
+    except OSError as e:
+        raise InputError(f"{p}: cannot write the {what}: {_why(e)}") from e
 
 
 def atomic_write_text(path: str | Path, text: str, what: str = "output") -> None:
@@ -77,6 +140,9 @@ def atomic_write_text(path: str | Path, text: str, what: str = "output") -> None
 
 def atomic_write_bytes(path: str | Path, data: bytes, what: str = "output") -> None:
     p = check_destination(path, what)
+    if _in_place(p):
+        _write_in_place(p, data, what)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:

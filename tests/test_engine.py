@@ -198,7 +198,11 @@ from convcost.timing.table import LatencyTable
 t = LatencyTable.open(Path(sys.argv[1]))
 assert not t.notices, t.notices
 for i in range(150):
-    t.put_kernel({"key": f"{sys.argv[2]}-{i}", "label": "x", "median_ms": 1.0 + i,
+    m = 1.0 + i
+    t.put_kernel({"key": f"{sys.argv[2]}-{i}", "label": "x", "scope": "layer", "signature": "s",
+                  "dtype": "fp32", "memory_format": "contiguous", "backend": "eager",
+                  "device": "cpu", "torch": "2", "threads": 2, "median_ms": m, "q1_ms": m,
+                  "q3_ms": m, "min_ms": m, "max_ms": m, "n": 10, "calls_per_sample": 1,
                   "in_shapes": [[1, 2]], "measured_at": "2026-11-23T00:00:00+00:00"})
     t.put_pair(f"{sys.argv[2]}-{i}", "v", 0.5, 0.4, 0.6, 10, "2026")
 assert not t.notices, t.notices

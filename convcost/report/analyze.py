@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
@@ -17,6 +16,7 @@ from convcost.report.common import (
     csv_cell,
     dims_label,
     iqr_cell,
+    json_text,
     md_table,
     pct,
     roof_cells,
@@ -343,7 +343,7 @@ def render_analysis(report: AnalysisReport, fmt: str, *, width: int | None = Non
                     depth: int | None = None, show_all: bool = False) -> str:
     """The report as text in ``fmt`` (table text is colourless, for files and tests)."""
     if fmt == "json":
-        return json.dumps(analysis_dict(report, depth=depth), indent=2) + "\n"
+        return json_text(analysis_dict(report, depth=depth)) + "\n"
     if fmt == "csv":
         return analysis_csv(report, depth=depth)
     if fmt == "markdown":

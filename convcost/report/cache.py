@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import SCHEMA_VERSION, report_meta
-from convcost.report.common import Text
+from convcost.report.common import Text, json_text
 from convcost.report.layout import Col, dropped_line, fit_table
 from convcost.units import fmt_ms
 
@@ -59,7 +58,7 @@ def cache_json(rows: list[dict[str, Any]], path: str) -> str:
                            "in_shapes": "input shapes with the batch dimension",
                            "macs": "multiply-adds per call (fvcore convention)"},
            "measurements": [{f: r.get(f) for f in EXPORT_FIELDS} for r in rows]}
-    return json.dumps(doc, indent=2) + "\n"
+    return json_text(doc) + "\n"
 
 
 def cache_csv(rows: list[dict[str, Any]]) -> str:

@@ -19,6 +19,25 @@ from convcost.units import fmt_ms
 FORMATS = ("table", "json", "csv", "markdown")
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (nan, inf) replaced by None: a JSON report is always
+    standard JSON (``Infinity`` and ``NaN`` are not), and no such figure is ever quoted."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(doc: Any) -> str:
+    """A report document as indented, standard JSON (no trailing newline)."""
+    import json
+
+    return json.dumps(finite(doc), indent=2, allow_nan=False)
+
+
 def Text(*args: Any, **kwargs: Any) -> RichText:
     """``rich.text.Text``, imported on first use: JSON and CSV reports never load rich."""
     from rich.text import Text as _Text
@@ -161,6 +180,12 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
         out.append(Text(f"incomplete: the time budget ({eng.get('time_budget_s', 0):g} s) ran out "
                         f"before {len(over)} measurement(s) ({_some(over)}): marked 'not measured'; "
                         "raise --time-budget, or rerun (what was measured is cached)", style="red"))
+    under = timing.get("undersampled", [])
+    if under:
+        out.append(Text(f"incomplete: {len(under)} measurement(s) got fewer than the "
+                        f"{timing.get('min_samples', 10)}-sample minimum before the time budget ran "
+                        f"out ({_some(under)}): quoted with '!', not stored; raise --time-budget "
+                        "or rerun on a quieter machine", style="red"))
     if timing.get("interrupted"):
         miss = timing.get("missing", [])
         out.append(Text(f"interrupted: {len(miss)} measurement(s) not taken"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
@@ -14,6 +13,7 @@ from convcost.report.common import (
     Text,
     csv_cell,
     iqr_cell,
+    json_text,
     md_table,
     roof_cells,
     timing_cols,
@@ -444,7 +444,7 @@ def compare_markdown(report: Any) -> str:
 def render_compare(report: Any, fmt: str, *, width: int | None = None,
                    per_layer: bool = True) -> str:
     if fmt == "json":
-        return json.dumps(compare_dict(report), indent=2) + "\n"
+        return json_text(compare_dict(report)) + "\n"
     if fmt == "csv":
         return compare_csv(report)
     if fmt == "markdown":

@@ -46,13 +46,17 @@ class TimingRun:
     unconverged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # not measured (interrupted)
     over_budget: list[str] = field(default_factory=list)  # not measured (budget)
+    # measured with fewer than min_samples samples and not converged (the budget ran out
+    # mid-measurement): quoted with a mark, never stored, and the run is incomplete (exit 4)
+    undersampled: list[str] = field(default_factory=list)
     engine: dict[str, Any] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     backends: dict[str, Any] = field(default_factory=dict)  # name: fingerprint, setup, counts
 
     @property
     def incomplete(self) -> bool:
-        return self.interrupted or bool(self.failures) or bool(self.over_budget)
+        return self.interrupted or bool(self.failures) or bool(self.over_budget) or \
+            bool(self.undersampled)
 
     def summary(self) -> dict[str, Any]:
         c = self.config
@@ -67,7 +71,8 @@ class TimingRun:
             "cold_l2": c.cold, "max_time_s": c.max_time_s, "min_samples": c.min_samples,
             "rel_iqr_target": c.rel_iqr, "interrupted": self.interrupted,
             "failures": self.failures, "unconverged": self.unconverged, "missing": self.missing,
-            "not_measured_budget": self.over_budget, "engine": self.engine,
+            "not_measured_budget": self.over_budget, "undersampled": self.undersampled,
+            "engine": self.engine,
             "notices": self.notices, "backends": self.backends,
             "roofline_peaks": self.peaks.to_dict() if self.peaks else None,
         }
@@ -129,6 +134,8 @@ def _record(run: TimingRun, name: str, kr: KernelResult, key: str, seen: set[str
         m = kr.measurement
         iqr = f"{m.rel_iqr:.1%}" if m.rel_iqr is not None else "n/a"
         run.unconverged.append(f"{name} (IQR/median {iqr} after {m.n} samples)")
+        if m.n < run.config.min_samples:
+            run.undersampled.append(f"{name} ({m.n} of {run.config.min_samples} samples)")
 
 
 # --------------------------------------------------------------------------- several backends
@@ -334,7 +341,7 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
 
 def _dedupe(run: TimingRun) -> None:
     """A shared kernel that failed is listed once per row; keep the order, drop repeats."""
-    for name in ("failures", "unconverged", "missing", "over_budget"):
+    for name in ("failures", "unconverged", "missing", "over_budget", "undersampled"):
         seen: set[str] = set()
         out = []
         for x in getattr(run, name):

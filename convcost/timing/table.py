@@ -9,18 +9,28 @@ Safety: every write is one transaction (nothing half-written; two concurrent run
 other's lock). A file that is not a SQLite database, fails SQLite's integrity check, or carries
 another application's id or another schema version is renamed aside (``.bad-TIMESTAMP``) with a
 notice and a new table is started; a cache location that cannot be used gives a notice and the
-run goes on without the table. Nothing here raises to the caller.
+run goes on without the table. The table is never a symbolic link (nor are its journal files):
+convcost does not write through a link into another file. A table it may read but not write
+is used read-only.
+
+Every row read back is validated (:func:`kernel_problem`, :func:`pair_problem`): finite, positive
+and ordered figures, integer counts, shapes that parse. An invalid row is ignored with one
+notice naming it, and measured again; no value read from the table reaches a report unchecked.
+Nothing here raises to the caller, except :meth:`LatencyTable.clear` (one line, exit 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convcost.errors import InputError
 from convcost.paths import cache_dir
 
 APPLICATION_ID = 0x43435454  # "CCTT": convcost timing table
@@ -92,6 +102,11 @@ class LatencyTable:
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
+        for p in (self.path, *(self.path.with_name(self.path.name + x)
+                               for x in ("-journal", "-wal", "-shm"))):
+            if p.is_symlink():
+                raise OSError(f"{p} is a symbolic link; convcost never writes through a link in "
+                              "its cache")
         if self.path.exists() and not self.path.is_file():
             raise OSError(f"{self.path} is not a regular file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +117,8 @@ class LatencyTable:
             con.close()
             if "locked" in str(e) or "busy" in str(e):
                 raise
+            if "readonly" in str(e) and self.path.is_file():
+                return self._read_only()
             raise _SetAside(f"unreadable ({e})") from e
         except sqlite3.DatabaseError as e:  # "file is not a database", malformed image
             con.close()
@@ -109,6 +126,24 @@ class LatencyTable:
         except _SetAside:
             con.close()
             raise
+        return con
+
+    def _read_only(self) -> sqlite3.Connection:
+        """A table this process may read but not write: figures are reused, none stored."""
+        assert self.path is not None
+        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S,
+                              isolation_level=None)
+        try:
+            app = con.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.Error:
+            con.close()
+            raise
+        if app != APPLICATION_ID:
+            con.close()
+            raise OSError(f"{self.path} is read-only and not a convcost latency table")
+        self.writable = False
+        self.notices.append(f"latency table {self.path} is read-only: stored figures are reused, "
+                            "new ones are not kept")
         return con
 
     @staticmethod
@@ -160,11 +195,25 @@ class LatencyTable:
 
     # -- reads --------------------------------------------------------------------------------
     def get_kernel(self, key: str) -> dict[str, Any] | None:
-        return self._get("SELECT * FROM kernels WHERE key = ?", (key,))
+        """The stored measurement of ``key``; None when absent or invalid (with a notice)."""
+        return self._valid(self._get("SELECT * FROM kernels WHERE key = ?", (key,)),
+                           kernel_problem)
 
     def get_pair(self, base_key: str, var_key: str) -> dict[str, Any] | None:
-        return self._get("SELECT * FROM pairs WHERE base_key = ? AND var_key = ?",
-                         (base_key, var_key))
+        return self._valid(self._get("SELECT * FROM pairs WHERE base_key = ? AND var_key = ?",
+                                     (base_key, var_key)), pair_problem)
+
+    def _valid(self, row: dict[str, Any] | None, problem: Any) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        why = problem(row)
+        if why is None:
+            return row
+        label = row.get("label") if isinstance(row.get("label"), str) else None
+        name = f"{label!r}" if label else f"key {str(row.get('key') or row.get('var_key'))[:16]}"
+        self.notices.append(f"latency table {self.path}: ignored an invalid row for {name} "
+                            f"({why}); measured again")
+        return None
 
     def _get(self, sql: str, args: tuple[Any, ...]) -> dict[str, Any] | None:
         if self.con is None:
@@ -183,11 +232,18 @@ class LatencyTable:
         """Every stored measurement, newest first."""
         if self.con is None:
             return []
-        cur = self.con.execute("SELECT * FROM kernels ORDER BY measured_at DESC, label")
-        names = [d[0] for d in cur.description]
+        try:
+            cur = self.con.execute("SELECT * FROM kernels ORDER BY measured_at DESC, label")
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        except sqlite3.Error as e:
+            self._disable(e)
+            return []
         out = []
-        for row in cur.fetchall():
-            d = dict(zip(names, row, strict=True))
+        for row in rows:
+            d = self._valid(dict(zip(names, row, strict=True)), kernel_problem)
+            if d is None:
+                continue
             d["in_shapes"] = json.loads(d["in_shapes"]) if d.get("in_shapes") else None
             d["converged"] = bool(d["converged"])
             d["cold"] = bool(d["cold"])
@@ -237,21 +293,83 @@ class LatencyTable:
                                 f"({_why(e)}); this run's figures are reported but not kept")
 
     def clear(self) -> tuple[int, int]:
-        """Delete every row; returns (kernels, pairs) removed."""
-        if self.con is None:
-            return 0, 0
-        n = self.count()
-        self.con.execute("BEGIN IMMEDIATE")
-        self.con.execute("DELETE FROM kernels")
-        self.con.execute("DELETE FROM pairs")
-        self.con.execute("COMMIT")
-        self.con.execute("VACUUM")
+        """Delete every row; returns (kernels, pairs) removed. A table that cannot be used or
+        written is an :class:`InputError` naming it (exit 2), never "removed 0"."""
+        if self.con is None or not self.writable:
+            why = "; ".join(self.notices) or f"latency table {self.path} cannot be used"
+            raise InputError(f"cannot clear the latency table: {why}")
+        try:
+            n = self.count()
+            self.con.execute("BEGIN IMMEDIATE")
+            self.con.execute("DELETE FROM kernels")
+            self.con.execute("DELETE FROM pairs")
+            self.con.execute("COMMIT")
+            self.con.execute("VACUUM")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                if self.con.in_transaction:
+                    self.con.execute("ROLLBACK")
+            raise InputError(f"{self.path}: cannot clear the latency table ({_why(e)})") from e
         return n
 
     def close(self) -> None:
         if self.con is not None:
             self.con.close()
             self.con = None
+
+
+_POSITIVE_MS = ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms")
+_TEXT = ("key", "label", "scope", "signature", "dtype", "memory_format", "backend", "device",
+         "torch", "measured_at")
+
+
+def _finite(v: Any, positive: bool = True) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (v > 0 if positive else v >= 0)
+
+
+def _count(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**53
+
+
+def kernel_problem(d: dict[str, Any]) -> str | None:
+    """Why a stored measurement cannot be used, or None: figures finite, positive and ordered
+    (min <= q1 <= median <= q3 <= max), counts positive integers, shapes a list of positive
+    integer lists, the key and labels text."""
+    for f in _TEXT:
+        if not isinstance(d.get(f), str):
+            return f"{f} is {str(d.get(f))[:20]!r}, not text"
+    for f in _POSITIVE_MS:
+        if not _finite(d.get(f)):
+            return f"{f} is {str(d.get(f))[:20]}"
+    if not d["min_ms"] <= d["q1_ms"] <= d["median_ms"] <= d["q3_ms"] <= d["max_ms"]:
+        return "quartiles out of order"
+    if not _count(d.get("n")) or not _count(d.get("calls_per_sample")) or \
+            (d.get("threads") is not None and not _count(d.get("threads"))):
+        return "a sample, call or thread count is not a positive integer"
+    if d.get("macs") is not None and not _count(d["macs"], 0):
+        return f"macs is {str(d['macs'])[:20]}"
+    if d.get("graph_median_ms") is not None and not _finite(d["graph_median_ms"]):
+        return f"graph_median_ms is {str(d['graph_median_ms'])[:20]}"
+    try:
+        shapes = json.loads(d["in_shapes"]) if isinstance(d.get("in_shapes"), str) else None
+    except (ValueError, RecursionError):
+        return "in_shapes is not JSON"
+    if not isinstance(shapes, list) or not all(
+            isinstance(s, list) and all(_count(x) for x in s) for s in shapes):
+        return "in_shapes is not a list of shapes"
+    return None
+
+
+def pair_problem(d: dict[str, Any]) -> str | None:
+    """Why a stored paired ratio cannot be used: finite positive lo <= ratio <= hi, rounds."""
+    if not all(_finite(d.get(f)) for f in ("ratio", "lo", "hi")):
+        return f"ratio {str(d.get('ratio'))[:20]} [{str(d.get('lo'))[:20]}, {str(d.get('hi'))[:20]}]"
+    if not d["lo"] <= d["ratio"] <= d["hi"]:
+        return "the ratio lies outside its interval"
+    if not _count(d.get("rounds")) or not isinstance(d.get("measured_at"), str):
+        return "rounds is not a positive integer"
+    return None
 
 
 def _why(e: BaseException) -> str:
