@@ -68,3 +68,17 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     d = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("CONVCOST_CACHE_DIR", str(d))
     return d
+
+
+def stored_row(key: str, label: str = "Conv2d(8, 8, kernel_size=(3, 3))", median: float = 1.0,
+               **changes: object) -> dict:
+    """A complete, valid latency-table row (tests that fill the table directly)."""
+    row = {"key": key, "label": label, "scope": "layer", "signature": "sig", "in_shapes": [[1, 8, 8, 8]],
+           "dtype": "fp32", "memory_format": "contiguous", "backend": "eager", "cold": False,
+           "device": "cpu", "device_name": "test cpu", "torch": "2.13.0", "threads": 2,
+           "macs": 1000, "median_ms": median, "q1_ms": median * 0.9, "q3_ms": median * 1.1,
+           "min_ms": median * 0.8, "max_ms": median * 1.2, "n": 20, "calls_per_sample": 1,
+           "converged": True, "graph_median_ms": None,
+           "measured_at": "2026-11-23T00:00:00+00:00", "convcost": "0.1.0"}
+    row.update(changes)
+    return row

@@ -5,6 +5,7 @@ convcost, the latency table, and gates that must not pass on what they did not m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -324,3 +325,180 @@ def test_a_pt2_that_is_a_directory_says_so(tmp_path):
     d.mkdir()
     r = CliRunner().invoke(cli, ["analyze", "--no-time", str(d)])
     one_error(r, 3, "is a directory, expected a .pt2 archive")
+
+
+# --------------------------------------------------------------------------- the latency table
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _compare_json(*extra: str):
+    return CliRunner().invoke(cli, ["compare", "--in", "8", "--out", "8", "--size", "8", "--batch",
+                                    "1", "--groups", "2", "-f", "json", "--max-time", "0.05",
+                                    "--time-budget", "600", *extra])
+
+
+@pytest.mark.parametrize("kernel_sql,pair_sql", [
+    ("median_ms = -5", "ratio = -0.5"),
+    ("median_ms = 1e300, max_ms = 1e301", "ratio = 1e300, hi = 1e301"),
+    ("median_ms = 'abc'", "ratio = 'inf'"),
+    ("in_shapes = '[[1, 8'", "lo = 9e999, hi = 9e999"),  # 9e999 is inf in SQLite
+    ("n = -3", "rounds = 0"),
+])
+def test_poisoned_rows_are_ignored_and_measured_again(isolated_cache, kernel_sql, pair_sql):
+    import sqlite3
+
+    assert _compare_json().exit_code in (0, 4)
+    db = isolated_cache / "latency.sqlite"
+    con = sqlite3.connect(db)
+    n_kernels = con.execute("SELECT COUNT(*) FROM kernels").fetchone()[0]
+    assert n_kernels >= 1
+    con.execute(f"UPDATE kernels SET {kernel_sql}")
+    con.execute(f"UPDATE pairs SET {pair_sql}")
+    con.commit()
+    con.close()
+    r = _compare_json()
+    assert r.exit_code in (0, 4), r.output
+    assert "Traceback" not in r.output
+    d = _strict_json(r.stdout)
+    assert any("ignored an invalid row" in n for n in d["timing"]["notices"])
+    for v in d["variants"]:
+        assert v["latency_ms"] is None or 0 < v["latency_ms"] < 1e6
+        assert v.get("latency_source") != "cached"  # every poisoned figure was measured again
+        ci = v.get("latency_ratio_ci")
+        assert ci is None or all(0 < x < 1e6 for x in ci)
+    for cmd in (["cache", "list"], ["cache", "list", "-f", "json"], ["cache", "list", "-f", "csv"]):
+        lr = CliRunner().invoke(cli, cmd)
+        assert lr.exit_code == 0 and "Traceback" not in lr.output, lr.output
+    _strict_json(CliRunner().invoke(cli, ["cache", "list", "-f", "json"]).stdout)
+
+
+def test_bad_in_shapes_do_not_break_cache_list(isolated_cache):
+    from convcost.timing.table import LatencyTable
+    from tests.conftest import stored_row
+
+    t = LatencyTable.open()
+    t.put_kernel(stored_row("good"))
+    t.put_kernel(stored_row("bad", label="bad one"))
+    t.con.execute("UPDATE kernels SET in_shapes = '{not json' WHERE key = 'bad'")
+    t.close()
+    r = CliRunner().invoke(cli, ["cache", "list", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert [m["key"] for m in _strict_json(r.stdout)["measurements"]] == ["good"]
+    assert "ignored an invalid row for 'bad one' (in_shapes is not JSON)" in r.stderr
+
+
+def test_the_table_is_never_written_through_a_symlink(isolated_cache, tmp_path):
+    project_file = tmp_path / "precious.txt"
+    project_file.write_text("keep me\n")
+    (isolated_cache / "latency.sqlite").symlink_to(project_file)
+    r = _compare_json()
+    assert r.exit_code in (0, 4), r.output
+    assert project_file.read_text() == "keep me\n"
+    assert (isolated_cache / "latency.sqlite").is_symlink()
+    assert any("symbolic link" in n for n in _strict_json(r.stdout)["timing"]["notices"])
+    c = CliRunner().invoke(cli, ["cache", "clear"])
+    one_error(c, 2, "cannot clear the latency table", "symbolic link")
+    assert project_file.read_text() == "keep me\n"
+
+
+def test_cache_clear_on_an_unusable_or_read_only_table(isolated_cache):
+    import sqlite3
+
+    from convcost.errors import InputError
+    from convcost.timing.table import LatencyTable
+
+    (isolated_cache / "latency.sqlite").mkdir()
+    one_error(CliRunner().invoke(cli, ["cache", "clear"]), 2, "cannot clear the latency table")
+    (isolated_cache / "latency.sqlite").rmdir()
+    t = LatencyTable.open()
+    t.close()
+    path = isolated_cache / "latency.sqlite"
+    t.con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    with pytest.raises(InputError, match="cannot clear the latency table"):
+        t.clear()
+    t.writable = False
+    with pytest.raises(InputError, match="cannot clear"):
+        t.clear()
+
+
+def test_output_paths_follow_one_rule(tmp_path):
+    """A symlink is followed (its target replaced, the link kept); /dev/stdout is the open
+    stream; a device is written in place; a dangling link into a missing folder is refused."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = str(EXAMPLES / "tiny.yaml")
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", spec, "-o", str(tmp_path / "link.json")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link.json").is_symlink() and _strict_json(target.read_text())["totals"]
+    with open(tmp_path / "out.json", "w") as f:
+        p = subprocess.run([sys.executable, "-m", "convcost", "analyze", "--no-time", spec, "-o",
+                            "/dev/stdout", "-f", "json"], stdout=f, stderr=subprocess.PIPE, text=True,
+                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert _strict_json((tmp_path / "out.json").read_text())["totals"]["params"] == 13450
+    assert Path("/dev/stdout").is_symlink()  # never replaced by a regular file
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", spec, "-o", "/dev/null"])
+    assert r.exit_code == 0
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "missing" / "x.json")
+    r = CliRunner().invoke(cli, ["analyze", "--no-time", spec, "-o", str(tmp_path / "dangling.json")])
+    one_error(r, 2, "does not exist", "the link")
+
+
+def test_a_figure_below_the_sample_minimum_is_marked_and_exits_4(tmp_path, isolated_cache):
+    """Every call takes at least 150 ms and the budget is 1.2 s: no kernel can reach the
+    10-sample minimum, whatever the machine's speed. Each one is either not measured (budget)
+    or quoted as undersampled, never as a plain figure; nothing is stored; exit 4."""
+    net = tmp_path / "slow.py"
+    net.write_text("import time\nfrom torch import nn\n"
+                   "class Slow(nn.Conv2d):\n    def forward(self, x):\n        time.sleep(0.15)\n"
+                   "        return super().forward(x)\n"
+                   "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.a = Slow(3, 4, 3, padding=1)\n"
+                   "    def forward(self, x):\n        return self.a(x)\n")
+    r = CliRunner().invoke(cli, ["analyze", f"{net}:Net", "--input-shape", "1,3,8,8",
+                                 "--time-budget", "1.2", "--max-time", "30", "-f", "json"])
+    assert r.exit_code == 4, r.output
+    d = _strict_json(r.stdout)
+    t = d["timing"]
+    for row in d["layers"]:
+        if row["latency_ms"] is not None:
+            assert any(row["name"] in u for u in t["undersampled"]), (row["name"], t)
+    assert t["undersampled"] or t["not_measured_budget"]
+    if t["undersampled"]:
+        assert "sample minimum" in r.stderr
+    from convcost.timing.table import LatencyTable
+
+    assert LatencyTable.open().count()[0] == 0
+
+
+def test_a_latency_limit_that_could_not_be_measured_never_passes(tmp_path):
+    """onnxruntime cannot export this model: the latency limit is an error (exit 4) by
+    default, a warning with on_unmeasured: warn, never PASSED with a skip."""
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import ROOT
+
+    model = f"{ROOT / 'tests' / 'fixtures' / 'backend_models.py'}:ConvEig"
+    body = (f"checks:\n  - name: eig\n    model: {model}\n    input: [1, 3, 8, 8]\n"
+            "    limits:\n      params: 10M\n      latency: {error: 10s, backend: onnxruntime}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("version: 1\n" + body)
+    r = CliRunner().invoke(cli, ["check", str(b), "-f", "json"])
+    assert r.exit_code == 4, r.output
+    d = _strict_json(r.stdout)
+    lat = next(x for x in d["results"] if x["metric"] == "latency")
+    assert lat["verdict"] == "error" and d["passed"] is False
+    b.write_text("version: 1\non_unmeasured: warn\n" + body)
+    r = CliRunner().invoke(cli, ["check", str(b)])
+    assert r.exit_code == 0 and "WARN eig: latency could not be measured" in r.stdout
+    b.write_text("version: 1\non_unmeasured: maybe\n" + body)
+    one_error(CliRunner().invoke(cli, ["check", str(b)]), 2, "on_unmeasured")
