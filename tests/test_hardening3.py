@@ -502,3 +502,106 @@ def test_a_latency_limit_that_could_not_be_measured_never_passes(tmp_path):
     assert r.exit_code == 0 and "WARN eig: latency could not be measured" in r.stdout
     b.write_text("version: 1\non_unmeasured: maybe\n" + body)
     one_error(CliRunner().invoke(cli, ["check", str(b)]), 2, "on_unmeasured")
+
+
+# --------------------------------------------------------------------------- both counters agree
+
+class _ConvFn(__import__("torch").autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        import torch
+
+        return torch.nn.functional.conv2d(x, w, padding=1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, None
+
+
+def _counter_models():
+    import torch
+    from torch import nn
+
+    class InFunction(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 16, 3, padding=1)
+            self.w = nn.Parameter(torch.randn(16, 16, 3, 3))
+
+        def forward(self, x):
+            return _ConvFn.apply(self.c(x), self.w)
+
+    class Lstm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3)
+            self.lstm = nn.LSTM(48, 64, num_layers=2, bidirectional=True, batch_first=True,
+                                proj_size=16)
+
+        def forward(self, x):
+            return self.lstm(self.c(x).flatten(1, 2).transpose(1, 2))[0]
+
+    class GruRnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.r = nn.GRU(8, 16), nn.RNN(16, 4)
+
+        def forward(self, x):
+            return self.r(self.g(x)[0])[0]
+
+    class Einsum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            y, z = self.c(x).mean((2, 3)), self.c(x).flatten(2)
+            return (torch.einsum("bi,bj->bij", y, y).sum() + torch.einsum("bcn,bdn->bcd", z, z).sum()
+                    + torch.einsum("...n,...n", z, z).sum())
+
+    # (model, input shape, expected MACs from the closed forms)
+    conv = 16 * 16 * 3 * 3 * 16 * 16 + 3 * 16 * 9 * 16 * 16
+    lstm = 6 * (2 * (256 * 48 + 256 * 16 + 16 * 64) + 2 * (256 * 32 + 256 * 16 + 16 * 64))
+    gru = 10 * (48 * 8 + 48 * 16) + 10 * (4 * 16 + 4 * 4)
+    einsum = 1 * 8 * 8 + 8 * 8 * 64 + 8 * 64
+    return [(InFunction(), (1, 3, 16, 16), conv),
+            (Lstm(), (1, 3, 8, 8), 8 * 27 * 36 + lstm),
+            (GruRnn(), (5, 2, 8), gru),
+            (Einsum(), (1, 3, 8, 8), 2 * 8 * 27 * 64 + einsum)]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["autograd_function", "lstm", "gru_rnn", "einsum"])
+def test_meta_and_real_counters_agree(index):
+    """The same figures, operator by operator, whichever counter --count-on picks, and equal to
+    the closed form; nothing listed as not counted by one and counted by the other."""
+    from convcost.counting.analysis import analyze_model
+
+    model, shape, expected = _counter_models()[index]
+    meta = analyze_model(model.eval(), [shape], source="t", name="t", count_on="meta")
+    real = analyze_model(model.eval(), [shape], source="t", name="t", count_on="real")
+    assert meta.macs == real.macs == expected
+    assert meta.by_operator == real.by_operator
+    assert meta.unsupported_ops == real.unsupported_ops
+    assert not any(k.startswith("prim::PythonOp") for k in real.unsupported_ops)
+
+
+def test_rnn_and_einsum_match_torch_flop_counter():
+    """torch.utils.flop_counter counts the matmuls an LSTM and a contraction einsum decompose
+    into (2 FLOPs per MAC): the closed forms agree."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from convcost.counting.analysis import analyze_model
+
+    for index in (1, 2):
+        model, shape, _ = _counter_models()[index]
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model.eval()(torch.randn(shape))
+        ours = analyze_model(model, [shape], source="t", name="t", count_on="meta")
+        assert 2 * ours.macs == fc.get_total_flops()
+    from convcost.counting.handles import einsum_macs
+
+    a, b = torch.randn(4, 5, 6), torch.randn(4, 6, 7)
+    with FlopCounterMode(display=False) as fc:
+        torch.einsum("bik,bkj->bij", a, b)
+    assert 2 * einsum_macs("bik,bkj->bij", [[4, 5, 6], [4, 6, 7]]) == fc.get_total_flops()

@@ -307,6 +307,7 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
             counts = count_fvcore(model, inputs)
         records = recorder.ordered()
         counts.used_params = use.used_names(model)
+        _count_autograd_functions(model, inputs, counts)
         missed = _missed_by_trace(model, records, counts)
         if missed:
             raise RuntimeError(f"its trace saw no work in {len(missed)} conv/linear module(s) "
@@ -327,6 +328,29 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
         ran = called_names(records)
         counts.uncalled = sorted(n for n, _ in model.named_modules() if n and n not in ran)
     return counts, records
+
+
+def _count_autograd_functions(model: nn.Module, inputs: tuple[Any, ...], counts: Counts) -> None:
+    """What fvcore lists as ``prim::PythonOp.NAME`` (a custom ``torch.autograd.Function``) is
+    counted from the inside, by the handles the meta counter uses, and no longer listed."""
+    opaque = [k for k in counts.unsupported_ops if k.startswith("prim::PythonOp")]
+    if not opaque:
+        return
+    from convcost.counting.meta import count_inside_autograd_functions
+
+    by_module, by_operator, unsupported = count_inside_autograd_functions(model, inputs)
+    for k, v in by_module.items():
+        counts.by_module[k] = counts.by_module.get(k, 0) + v
+    for k, v in by_operator.items():
+        counts.by_operator[k] = counts.by_operator.get(k, 0) + v
+    counts.macs += by_module.get("", 0)
+    for k in opaque:
+        del counts.unsupported_ops[k]
+    for k, v in unsupported.items():
+        counts.unsupported_ops[k] = counts.unsupported_ops.get(k, 0) + v
+    counts.notes.append(f"{len(opaque)} custom torch.autograd.Function(s) "
+                        f"({', '.join(k.split('.', 1)[-1] for k in opaque)}) counted from the "
+                        "inside (fvcore's trace sees them as one opaque operator)")
 
 
 def expected_size(e: BaseException) -> str:

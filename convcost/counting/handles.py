@@ -33,7 +33,7 @@ AtenHandle = Callable[[tuple[Any, ...], dict[str, Any], Any], MacCounts]
 # The papers' and torchvision's convention (meta["_ops"]): conv, linear and the matmuls of
 # attention; every other counted operator (norms, pooling, upsampling) is left out.
 PAPER_OPERATORS = frozenset({"conv", "linear", "matmul", "addmm", "mm", "bmm", "baddbmm",
-                             "einsum", "attention"})
+                             "einsum", "attention", "lstm", "gru", "rnn_tanh", "rnn_relu"})
 
 
 def _shape(t: Any) -> list[int]:
@@ -243,6 +243,91 @@ FUNCTIONS: dict[str, FunctionHandle] = {
 }
 
 
+def _einsum_terms(equation: str, shapes: list[list[int]]) -> tuple[list[str], str, dict[str, int]]:
+    """Operand subscripts (``...`` spelled out as upper-case letters, aligned from the right as
+    broadcasting aligns them), the output's (implicit: the letters seen once, sorted) and each
+    letter's size (the largest, as broadcasting makes it)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(f"einsum {equation!r}: {len(terms)} subscripts, {len(shapes)} operands")
+    n_ell = max((len(s) - (len(t) - 3) for t, s in zip(terms, shapes, strict=True) if "..." in t),
+                default=0)
+    ell = "".join(chr(ord("A") + i) for i in range(n_ell))
+    spelled = []
+    for t, s in zip(terms, shapes, strict=True):
+        if "..." in t:
+            k = len(s) - (len(t) - 3)
+            t = t.replace("...", ell[n_ell - k:] if k else "")
+        spelled.append(t)
+    sizes: dict[str, int] = {}
+    for t, s in zip(spelled, shapes, strict=True):
+        for c, d in zip(t, s, strict=True):
+            sizes[c] = max(sizes.get(c, 1), int(d))
+    if arrow:
+        out = out.replace("...", ell)
+    else:
+        once = sorted(c for c in set("".join(spelled)) if "".join(spelled).count(c) == 1
+                      and c not in ell)
+        out = ell + "".join(once)
+    return spelled, out, sizes
+
+
+def einsum_macs(equation: str, shapes: list[list[int]]) -> int:
+    """MACs of ``torch.einsum`` (one formula for both counters): operands contracted pairwise,
+    left to right, each pair costing the product of the sizes of every letter either holds (a
+    matmul ``ik,kj->ij`` is i*k*j, an outer product ``i,j->ij`` i*j, a batched one b*i*j); a
+    single operand (a transpose, trace or sum) is 0."""
+    terms, out, sizes = _einsum_terms(equation, shapes)
+    total, acc = 0, terms[0]
+    for i, t in enumerate(terms[1:], 1):
+        both = set(acc) | set(t)
+        total += math.prod(sizes[c] for c in both)
+        later = set(out) | set("".join(terms[i + 1:]))
+        acc = "".join(sorted(c for c in both if c in later))
+    return total
+
+
+def _operands(args: tuple[Any, ...]) -> list[Any]:
+    flat: list[Any] = []
+    for a in args:
+        flat.extend(a if isinstance(a, (list, tuple)) else [a])
+    return flat
+
+
+def _fn_einsum(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> MacCounts:
+    """torch.einsum(equation, *operands): :func:`einsum_macs`."""
+    ops = _operands(args[1:])
+    return {"einsum": einsum_macs(args[0], [_shape(t) for t in ops])}
+
+
+def rnn_macs(input_shape: list[int], weight_shapes: list[list[int]]) -> int:
+    """MACs of an LSTM / GRU / RNN call (``aten::lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``):
+    every step (one time step of one sequence: numel(input) / input size, packed sequences
+    included) multiplies by every weight matrix of every layer and direction once
+    (W_ih, W_hh and LSTM's projection W_hr): steps * sum(numel of the 2-D weights). Gate
+    nonlinearities and bias adds are not MACs."""
+    steps = math.prod(input_shape) // max(int(input_shape[-1]), 1)
+    return steps * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
+
+
+def _fn_rnn(name: str) -> FunctionHandle:
+    def handle(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> MacCounts:
+        weights = [_shape(t) for a in args if isinstance(a, (list, tuple)) for t in a
+                   if isinstance(t, torch.Tensor)]
+        return {name: rnn_macs(_shape(args[0]), weights)}
+    return handle
+
+
+# torch functions (not torch.nn.functional) that are counted whole, by name: their ATen
+# decomposition would lose the name (einsum) or spread the count over gate ops (RNNs)
+TORCH_FUNCTIONS: dict[str, FunctionHandle] = {
+    "einsum": _fn_einsum,
+    **{n: _fn_rnn(n) for n in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
+}
+
+
 # --------------------------------------------------------------------------- fvcore JIT handles
 
 
@@ -268,7 +353,30 @@ def jit_baddbmm(inputs: list[Any], outputs: list[Any]) -> MacCounts:
     return {"bmm": a[0] * a[1] * a[2] * c[2]}
 
 
+def _jit_list(v: Any) -> list[Any]:
+    """The values of a traced list (``prim::ListConstruct``), else []."""
+    node = v.node()
+    return list(node.inputs()) if node.kind() == "prim::ListConstruct" else []
+
+
+def jit_einsum(inputs: list[Any], outputs: list[Any]) -> MacCounts:
+    """aten::einsum(equation, [operands]): :func:`einsum_macs` (fvcore's own handle goes
+    through numpy's path optimiser, whose counts are not MACs)."""
+    eq = inputs[0].toIValue()
+    return {"einsum": einsum_macs(eq, [_jit_shape(x) for x in _jit_list(inputs[1])])}
+
+
+def jit_rnn(name: str) -> Callable[[list[Any], list[Any]], MacCounts]:
+    def handle(inputs: list[Any], outputs: list[Any]) -> MacCounts:
+        weights = [_jit_shape(x) for v in inputs for x in _jit_list(v)
+                   if x.isCompleteTensor()]
+        return {name: rnn_macs(_jit_shape(inputs[0]), [w for w in weights if w is not None])}
+    return handle
+
+
 JIT: dict[str, Callable[[list[Any], list[Any]], MacCounts]] = {
+    "aten::einsum": jit_einsum,
+    **{f"aten::{n}": jit_rnn(n) for n in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
     "aten::scaled_dot_product_attention": jit_sdpa,
     "aten::_scaled_dot_product_flash_attention": jit_sdpa,
     "aten::_scaled_dot_product_efficient_attention": jit_sdpa,

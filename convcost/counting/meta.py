@@ -30,7 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED
+from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED, TORCH_FUNCTIONS
 from convcost.counting.inventory import ModuleRecord, ParamUse, ShapeRecorder, eval_mode
 
 META = "meta tensors"
@@ -128,7 +128,7 @@ def _counted_call(tally: _Tally, name: str, func: Any, args: tuple, kwargs: dict
         out = func(*args, **kwargs)
     finally:
         tally.suppressed -= 1
-    counts = FUNCTIONS[name](args, kwargs, out)
+    counts = (FUNCTIONS.get(name) or TORCH_FUNCTIONS[name])(args, kwargs, out)
     if counts:
         tally.add(counts)
     else:  # a mode without a formula (e.g. bicubic): report it like any uncounted op
@@ -144,6 +144,7 @@ class _FunctionCounter(TorchFunctionMode):
         super().__init__()
         self.tally = tally
         self.names = {getattr(F, n): n for n in FUNCTIONS if hasattr(F, n)}
+        self.names.update({getattr(torch, n): n for n in TORCH_FUNCTIONS if hasattr(torch, n)})
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
@@ -217,3 +218,34 @@ def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
 def _first(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
+                                    ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """(MACs by module, by operator, not-counted operators) of what runs inside every
+    ``torch.autograd.Function`` of one real forward, counted by the same handles as on meta
+    tensors. fvcore's JIT trace sees a custom Function as one opaque ``prim::PythonOp``; this
+    pass counts its inside, so that both counters count the same operators."""
+    recorder = ShapeRecorder(model)
+    tally = _Tally(recorder)
+    saved = torch.autograd.Function.__dict__["apply"]
+    orig = saved.__func__
+    depth = [0]
+
+    def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if depth[0]:
+            return orig(cls, *args, **kwargs)
+        depth[0] += 1
+        try:
+            with _DispatchCounter(tally):
+                return orig(cls, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign]
+    try:
+        with recorder, eval_mode(model), torch.no_grad(), mha_fastpath_off():
+            model(*inputs)
+    finally:
+        torch.autograd.Function.apply = saved  # type: ignore[method-assign]
+    return dict(tally.by_module), dict(tally.by_operator), dict(tally.unsupported)
