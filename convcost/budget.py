@@ -514,7 +514,7 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
 
     from convcost.counting.analysis import analyze_model
     from convcost.isolation import phase
-    from convcost.memory import guard, tensor_estimate
+    from convcost.memory import guard, model_estimate
     from convcost.sources.load import is_spec_path, load_source
     from convcost.timing.device import Numerics
     from convcost.timing.engine import TimingEngine
@@ -550,9 +550,9 @@ def measure_check(check: Check, measure_latency: bool, max_time_s: float,
             shapes = [tuple(s) for s in loaded.input_shapes]
             if lat.batch:
                 shapes = [(lat.batch, *s[1:]) for s in shapes]
-            guard(3 * tensor_estimate(shapes), f"input {'x'.join(map(str, shapes[0]))} and its "
-                  "first activations", what=f"{check.name}: the latency measurement",
-                  device=n.device, enabled=memory_check)
+            est, why = model_estimate(loaded.model, shapes) if memory_check else (0, "")
+            guard(est, why, what=f"{check.name}: the latency measurement", device=n.device,
+                  enabled=memory_check)
             phase("timing the model", None)
             # a gate measures fresh: no latency table, no budget (the cap bounds it)
             engine = TimingEngine(cfg, budget_s=None, backend=lat.backend)

@@ -605,3 +605,17 @@ def test_rnn_and_einsum_match_torch_flop_counter():
     with FlopCounterMode(display=False) as fc:
         torch.einsum("bik,bkj->bij", a, b)
     assert 2 * einsum_macs("bik,bkj->bij", [[4, 5, 6], [4, 6, 7]]) == fc.get_total_flops()
+
+
+def test_memory_guard_uses_traced_shapes(tmp_path):
+    """A 3 -> 512 conv on a 16384 x 16384 image: the input is 3 GiB, the output 512 GiB. The
+    guard traces the shapes on meta tensors and refuses (exit 2) before allocating anything,
+    on the counting path and on the timing path."""
+    net = tmp_path / "big.py"
+    net.write_text("from torch import nn\nclass Net(nn.Module):\n    def __init__(self):\n"
+                   "        super().__init__()\n        self.c = nn.Conv2d(3, 512, 3, padding=1)\n"
+                   "    def forward(self, x):\n        return self.c(x)\n")
+    for extra in (["--no-time", "--count-on", "real"], ["--max-time", "0.01"]):
+        r = CliRunner().invoke(cli, ["analyze", f"{net}:Net", "--input-shape", "1,3,16384,16384",
+                                     *extra])
+        one_error(r, 2, "largest activation", "module 'c'", "--ignore-memory-limit")

@@ -45,6 +45,7 @@ class Loaded:
     memory_check: bool = True
     notes: list[str] = field(default_factory=list)  # what loading changed or could not keep
     _inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
+    _estimate: tuple[int, str] | None = field(default=None, repr=False)  # memory, once
 
     @property
     def estimated_macs(self) -> int | None:
@@ -66,14 +67,14 @@ class Loaded:
 
     def guard_memory(self, what: str = "a real forward") -> None:
         """Refuse (exit 2) a real forward that would not fit in memory, before allocating."""
-        from convcost.memory import guard, spec_estimate, tensor_estimate
+        from convcost.memory import guard, model_estimate, spec_estimate, tensor_estimate
 
         if self.spec is not None:
             est, why = spec_estimate(self.spec, self.input_shapes[0][0])
         else:
-            est = 3 * tensor_estimate(self.input_shapes)
-            why = (f"input {', '.join('x'.join(map(str, s)) for s in self.input_shapes)} and its "
-                   "first activations")
+            if self._estimate is None and self.memory_check:
+                self._estimate = model_estimate(self.model, self.input_shapes)
+            est, why = self._estimate or (3 * tensor_estimate(self.input_shapes), "")
         guard(est, why, what=f"{self.source} ({what})", enabled=self.memory_check)
 
 
