@@ -23,29 +23,39 @@ import stat
 import tempfile
 from pathlib import Path
 
-from convcost.errors import InputError
+from convcost.errors import ConvcostError, InputError
 
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes."""
+def regular_stat(path: str | Path, what: str = "file", *, error: type[ConvcostError] = InputError,
+                 prefix: str = "", missing: str | None = None) -> os.stat_result:
+    """``path``'s stat when it is a regular file; else one ``error`` line (``prefix`` first)
+    saying what it is instead: missing, a directory, a FIFO (it would block a reader forever),
+    a device, a socket."""
     p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise InputError(f"{p}: no such {what}") from None
+        raise error(f"{prefix}{p}: no such {missing or what}") from None
     except OSError as e:
-        raise InputError(f"{p}: cannot read: {_why(e)}") from e
+        raise error(f"{prefix}{p}: cannot read: {_why(e)}") from e
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{p}: is a directory, expected a {what}")
+        raise error(f"{prefix}{p}: is a directory, expected a {what}")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
                 "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
                 "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise InputError(f"{p}: is {kind}, expected a {what} (a regular file)")
+        raise error(f"{prefix}{p}: is {kind}, expected a {what} (a regular file)")
+    return st
+
+
+def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes."""
+    p = Path(path)
+    st = regular_stat(p, what)
     if st.st_size > limit:
         raise InputError(f"{p}: {st.st_size} bytes is too large for a {what} (limit {limit})")
     try:

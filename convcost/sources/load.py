@@ -225,23 +225,13 @@ def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
 def _regular_file(source: str, path: Path, what: str) -> None:
     """A model file must be a regular file: a FIFO would block the import forever, a device
     would never end (exit 3, one line)."""
-    import stat
+    from convcost.files import regular_stat
 
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ModelError(f"{source}: no such file {path}") from None
-    except OSError as e:
-        raise ModelError(f"{source}: cannot read {path}: {e.strerror or e}") from e
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelError(f"{source}: {path} is a directory, expected {what}")
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-        raise ModelError(f"{source}: {path} is {kind}, expected {what} (a regular file)")
+    regular_stat(path, what, error=ModelError, prefix=f"{source}: ", missing="file")
 
 
 def _attr_from_file(source: str, path: Path, attr: str) -> Any:
-    _regular_file(source, path, "a .py file")
+    _regular_file(source, path, ".py file")
     mod_name = f"convcost_user_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - .py always has a loader
@@ -366,7 +356,7 @@ def tensors_only_unpickling() -> Iterator[None]:
 
 def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True) -> Loaded:
     path = Path(source)
-    _regular_file(source, path, "a .pt2 archive")
+    _regular_file(source, path, ".pt2 archive")
     from convcost.memory import fmt_bytes, guard
     from convcost.sources.pt2_guard import check_archive
 
