@@ -311,7 +311,11 @@ class Bench:
 
     @property
     def done(self) -> bool:
-        return self.error is not None or self.converged or self.spent >= self.cap_s
+        """Failed, converged, or at its cap with at least ``min_samples`` samples: the cap
+        never cuts a measurement below the minimum (samples slower than the warm-up's estimate
+        on a busy machine); only the run's deadline or an interrupt can."""
+        return self.error is not None or self.converged or (
+            self.spent >= self.cap_s and len(self.samples) >= self.cfg.min_samples)
 
     def result(self) -> Measurement:
         if not self.samples:  # failed, or stopped by the run's deadline before its first sample
@@ -384,7 +388,7 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
 
     def var_done(i: int) -> bool:
         b = benches[i]
-        if b.error is not None or b.spent >= b.cap_s:
+        if b.error is not None or (b.spent >= b.cap_s and len(b.samples) >= b.cfg.min_samples):
             return True
         if not b.converged:
             return False
