@@ -619,3 +619,26 @@ def test_memory_guard_uses_traced_shapes(tmp_path):
         r = CliRunner().invoke(cli, ["analyze", f"{net}:Net", "--input-shape", "1,3,16384,16384",
                                      *extra])
         one_error(r, 2, "largest activation", "module 'c'", "--ignore-memory-limit")
+
+
+def test_poisoned_calibration_cache_is_ignored(isolated_cache):
+    """Peaks with a negative bandwidth, an infinite throughput, a wrong type or nested 100,000
+    deep are never quoted (the report says to calibrate), and nothing ends in exit 70."""
+    import torch
+
+    from convcost.timing.device import Numerics, fingerprint, fingerprint_key
+    from convcost.timing.roofline import lookup
+
+    key = fingerprint_key(fingerprint(Numerics("cpu", "fp32")))
+    good = {"key": key, "device": "cpu", "name": "x", "bandwidth_gbs": 10.0,
+            "tflops": {"fp32": 1.0}, "measured_at": "2026-11-23", "details": {}}
+    cache = isolated_cache / "peaks.json"
+    for bad in ({**good, "bandwidth_gbs": -5}, {**good, "tflops": {"fp32": float("inf")}},
+                {**good, "tflops": "fast"}, {**good, "name": 3}):
+        cache.write_text(json.dumps({key: bad}))
+        assert lookup(Numerics("cpu", "fp32")) is None
+    cache.write_text("[" * 100_000 + "]" * 100_000)
+    assert lookup(Numerics("cpu", "fp32")) is None
+    cache.write_text(json.dumps({key: good}))
+    assert lookup(Numerics("cpu", "fp32")) is not None
+    assert torch.get_num_threads() >= 1

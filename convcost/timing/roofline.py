@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,29 @@ def load_all() -> dict[str, Any]:
     try:
         data = json.loads(cache_file().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def valid_peaks(d: Any) -> Peaks | None:
+    """A stored calibration, when every field has its type and every figure is finite and
+    positive (an edited or damaged cache is ignored, never quoted)."""
+    if not isinstance(d, dict) or not all(isinstance(d.get(k), str)
+                                          for k in ("key", "device", "name", "measured_at")):
+        return None
+    tf = d.get("tflops")
+    if not _positive(d.get("bandwidth_gbs")) or not isinstance(tf, dict) or not all(
+            isinstance(k, str) and _positive(v) for k, v in tf.items()):
+        return None
+    try:
+        peaks = Peaks(**d)
+    except TypeError:
+        return None
+    return peaks if isinstance(peaks.details, dict) else None
 
 
 def save(peaks: Peaks) -> tuple[Path, dict[str, Any] | None]:
@@ -103,6 +125,9 @@ def save(peaks: Peaks) -> tuple[Path, dict[str, Any] | None]:
         return cache_file(), old
     data[peaks.key] = peaks.to_dict()
     path = cache_file()
+    if path.is_symlink():
+        raise InputError(f"{path}: the calibration cache is a symbolic link; convcost never "
+                         "writes through a link in its cache (remove it)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -114,13 +139,7 @@ def save(peaks: Peaks) -> tuple[Path, dict[str, Any] | None]:
 
 def lookup(n: Numerics) -> Peaks | None:
     """Cached peaks for this device (by fingerprint), if ``convcost calibrate`` ran here."""
-    d = load_all().get(fingerprint_key(fingerprint(n)))
-    if not isinstance(d, dict):
-        return None
-    try:
-        return Peaks(**d)
-    except TypeError:
-        return None
+    return valid_peaks(load_all().get(fingerprint_key(fingerprint(n))))
 
 
 def peak_tflops(peaks: Peaks, dtype: str) -> float | None:
