@@ -24,9 +24,11 @@ from convcost.counting.inventory import (
     ModuleRecord,
     ParamUse,
     ShapeRecorder,
+    called_names,
     describe,
     is_leaf,
     record_modules,
+    uncalled_modules,
 )
 from convcost.errors import ModelError
 
@@ -276,16 +278,6 @@ def never_run(model: nn.Module, records: dict[str, Any], counts: Counts) -> list
          and counts.params_by_module.get(n, 0)])]
 
 
-def called_names(records: dict[str, Any]) -> set[str]:
-    """Modules that ran, with their ancestors: a container (nn.ModuleList) is iterated, never
-    called, but its children run."""
-    out: set[str] = {""}
-    for n in records:
-        parts = n.split(".")
-        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return out
-
-
 def _outermost(names: list[str]) -> list[str]:
     """Drop names inside another listed name (``aux1`` covers ``aux1.conv``)."""
     keep = []
@@ -325,8 +317,7 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
             raise ModelError(f"{source}: could not be counted: fvcore: {_where(e_fv)}; "
                              f"torch.utils.flop_counter: {_where(e_fc)}") from e_fc
         notes.append(f"fvcore failed ({type(e_fv).__name__}: {_first_line(e_fv)})")
-        ran = called_names(records)
-        counts.uncalled = sorted(n for n, _ in model.named_modules() if n and n not in ran)
+        counts.uncalled = uncalled_modules(model, records)
     return counts, records
 
 

@@ -178,10 +178,9 @@ def count_meta(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> tuple[C
 
     by_module, by_operator, unsupported, records, used = count_on_meta(model, input_shapes)
     pbm = params_by_module(model)
-    from convcost.counting.analysis import called_names
+    from convcost.counting.inventory import uncalled_modules
 
-    ran = called_names(records)
-    uncalled = sorted(n for n, _ in model.named_modules() if n and n not in ran)
+    uncalled = uncalled_modules(model, records)
     return Counts(macs=by_module.get("", 0), params=pbm.get("", 0), by_module=by_module,
                   by_operator=by_operator, params_by_module=pbm, unsupported_ops=unsupported,
                   counter=META, uncalled=uncalled, used_params=used), records

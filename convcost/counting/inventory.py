@@ -260,3 +260,19 @@ class ParamUse(TorchFunctionMode):
     def used_names(self, model: nn.Module) -> set[str]:
         """Qualified names of the used parameters of ``model``."""
         return {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in self.used}
+
+
+def called_names(records: dict[str, Any]) -> set[str]:
+    """Modules that ran, with their ancestors: a container (nn.ModuleList) is iterated, never
+    called, but its children run."""
+    out: set[str] = {""}
+    for n in records:
+        parts = n.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
+
+
+def uncalled_modules(model: nn.Module, records: dict[str, Any]) -> list[str]:
+    """Names of the modules that took no part in the forward (nor a descendant), sorted."""
+    ran = called_names(records)
+    return sorted(n for n, _ in model.named_modules() if n and n not in ran)

@@ -12,7 +12,6 @@ from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisRepo
 from convcost.counting.counters import COUNTER_TEXT, FVCORE
 from convcost.report.common import (
     CONVENTION_LINE,
-    Text,
     csv_cell,
     dims_label,
     iqr_cell,
@@ -26,12 +25,13 @@ from convcost.report.common import (
     timing_lines,
     to_console_text,
 )
-from convcost.report.layout import Col, dropped_line, fit_table
+from convcost.report.layout import Col, dropped_line, fit_table, rich_text
 from convcost.units import fmt_ms, human
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
+    from rich.text import Text as RichText
 
 
 def _timed(report: AnalysisReport) -> bool:
@@ -119,14 +119,14 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     t, dropped = fit_table(cols, cells_rows, width=width, show_footer=True,
                            title=f"convcost analyze: {report.name}")
     out: list[RenderableType] = [
-        t, Text(f"source {report.source}  |  input {inputs}  |  dtype {report.dtype}  |  "
+        t, rich_text(f"source {report.source}  |  input {inputs}  |  dtype {report.dtype}  |  "
                 f"counter {report.counter}"), *dropped_line(dropped), operator_table(report)]
     if collapsed:
-        out.append(Text(f"note: {collapsed}", style="yellow"))
+        out.append(rich_text(f"note: {collapsed}", style="yellow"))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
     out.extend(_backend_model_lines(report))
     out.extend(_warnings(report))
-    out.append(Text(CONVENTION_LINE, style="dim"))
+    out.append(rich_text(CONVENTION_LINE, style="dim"))
     return out
 
 
@@ -142,7 +142,7 @@ def _backend_model_lines(report: AnalysisReport) -> list[Any]:
         if d.get("layers_sum_ms") is not None:
             line += (f"; sum of the {d.get('layers_timed')} conv/linear layers timed alone: "
                      f"{fmt_ms(d['layers_sum_ms'])}")
-        out.append(Text(line))
+        out.append(rich_text(line))
     return out
 
 
@@ -205,14 +205,14 @@ def totals_lines(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _warnings(report: AnalysisReport) -> list[Text]:
-    out = [Text(x) for x in totals_lines(report)]
+def _warnings(report: AnalysisReport) -> list[RichText]:
+    out = [rich_text(x) for x in totals_lines(report)]
     if report.unsupported_ops:
         ops = ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items())
-        out.append(Text(f"warning: not counted (no formula; 0 MACs assumed): {ops}",
+        out.append(rich_text(f"warning: not counted (no formula; 0 MACs assumed): {ops}",
                         style="yellow"))
     for n in report.notes:
-        out.append(Text(f"note: {n}", style="yellow"))
+        out.append(rich_text(f"note: {n}", style="yellow"))
     return out
 
 

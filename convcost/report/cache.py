@@ -8,8 +8,8 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import SCHEMA_VERSION, report_meta
-from convcost.report.common import Text, json_text
-from convcost.report.layout import Col, dropped_line, fit_table
+from convcost.report.common import json_text
+from convcost.report.layout import Col, dropped_line, fit_table, rich_text
 from convcost.units import fmt_ms
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
             cells[-1].insert(3, str(r.get("backend") or "eager"))
     t, dropped = fit_table(cols, cells, width=width, title=f"convcost latency table: {path}")
     return [t, *dropped_line(dropped),
-            Text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache export "
+            rich_text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache export "
                  "FILE.csv|FILE.json` writes them, `convcost cache clear` empties the table",
                  style="dim")]
 

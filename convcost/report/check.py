@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
-    Text,
     md_table,
 )
-from convcost.report.layout import Col, dropped_line, fit_table
+from convcost.report.layout import Col, dropped_line, fit_table, rich_text
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -45,27 +44,27 @@ def budget_renderables(report: Any, width: int | None = None) -> list[Renderable
         rows.append([r.check, r.metric + (" (regression)" if r.kind == "regression" else ""),
                      r.scope, fmt_metric(r.metric, r.actual), _limit_text(r),
                      "" if h is None else (f"{h:.1f}% left" if h >= 0 else f"{-h:.1f}% over"),
-                     Text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict])])
+                     rich_text(r.verdict.upper(), style=_VERDICT_STYLE[r.verdict])])
     t, dropped = fit_table(cols, rows, width=width, title=f"convcost check: {report.budget}")
     out: list[RenderableType] = [t, *dropped_line(dropped)]
     skips: dict[tuple[str, str], list[str]] = {}
     for r in report.results:
         if r.verdict in ("fail", "warn", "error"):
-            out.append(Text(r.message, style=_VERDICT_STYLE[r.verdict]))
+            out.append(rich_text(r.message, style=_VERDICT_STYLE[r.verdict]))
         elif r.verdict == "skip":
             name = r.metric + (" (regression)" if r.kind == "regression" else "")
             skips.setdefault((r.check, r.message), []).append(name)
     for (check, why), metrics in skips.items():
-        out.append(Text(f"SKIP {check}: {', '.join(metrics)}: {why}", style="dim"))
+        out.append(rich_text(f"SKIP {check}: {', '.join(metrics)}: {why}", style="dim"))
     for n in report.notices:
-        out.append(Text(f"notice: {n}", style="cyan"))
-    out.extend(Text(line, style="dim") for line in latency_lines(report))
+        out.append(rich_text(f"notice: {n}", style="cyan"))
+    out.extend(rich_text(line, style="dim") for line in latency_lines(report))
     nf, nw, ne = len(report.failed), len(report.warned), len(report.errors)
     summary = (f"{nf} failed, {nw} warned, {sum(r.verdict == 'pass' for r in report.results)} "
                f"passed, {sum(r.verdict == 'skip' for r in report.results)} skipped"
                + (f", {ne} check(s) could not be measured" if ne else ""))
     bad = nf or ne or report.interrupted
-    out.append(Text(("FAILED: " if bad else "PASSED: ") + summary,
+    out.append(rich_text(("FAILED: " if bad else "PASSED: ") + summary,
                     style="bold red" if bad else "bold green"))
     return out
 

@@ -14,9 +14,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.text import Text as RichText
 
+from convcost.report.layout import Col, plain_text, rich_text
 from convcost.units import fmt_ms
-
-FORMATS = ("table", "json", "csv", "markdown")
 
 
 def finite(obj: Any) -> Any:
@@ -38,11 +37,6 @@ def json_text(doc: Any) -> str:
     return json.dumps(finite(doc), indent=2, allow_nan=False)
 
 
-def Text(*args: Any, **kwargs: Any) -> RichText:
-    """``rich.text.Text``, imported on first use: JSON and CSV reports never load rich."""
-    from rich.text import Text as _Text
-
-    return _Text(*args, **kwargs)
 CONVENTION_LINE = ("MACs: one fused multiply-add each (fvcore's 'flop'); FLOPs = 2 x MACs; "
                    "params: trainable parameters, buffers excluded; bias adds params, no MACs.")
 
@@ -66,8 +60,6 @@ def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "",
     """Latency columns (when timed), roofline ones (when any row has one; % bound and bound when
     calibrated), with their priorities: (columns, roof, peaks). ``label`` names the latency
     column ('latency eager' when several backends are shown)."""
-    from convcost.report.layout import Col
-
     roof = timed and any((r.timing or {}).get("roofline") for r in rows)
     peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
     cols = []
@@ -88,8 +80,6 @@ def to_console_text(renderables: Iterable[RenderableType], width: int | None = N
     """Render rich objects to plain text (no colour): at ``width`` as a terminal of that width
     shows them (text wrapped at words), or, with ``width`` None, the wide form of files and
     pipes (no wrapping). Trailing spaces are removed either way."""
-    from convcost.report.layout import plain_text
-
     if width is None:
         return plain_text(renderables)
     from rich.console import Console
@@ -137,7 +127,7 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
         return []
     out = []
     if device:
-        out.append(Text(f"device: {fingerprint_line(device)}", style="dim"))
+        out.append(rich_text(f"device: {fingerprint_line(device)}", style="dim"))
     m = timing.get("model")
     if m and m.get("median_ms") is not None:
         line = (f"whole model: {fmt_ms(m['median_ms'])} median (IQR {fmt_ms(m['iqr_ms'])}, "
@@ -145,7 +135,7 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
         if timing.get("layers_sum_ms") is not None:
             line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
                      f"{fmt_ms(timing['layers_sum_ms'])}")
-        out.append(Text(line))
+        out.append(rich_text(line))
     eng = timing.get("engine") or {}
     bk = timing.get("backends") or {}
     if len(bk) > 1:
@@ -153,42 +143,42 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
         line = f"timing: {len(bk)} backends, one after the other"
         if eng.get("time_budget_s") is not None:
             line += f"; {spent:.1f} s of a {eng['time_budget_s']:g} s budget"
-        out.append(Text(line, style="dim"))
+        out.append(rich_text(line, style="dim"))
     elif eng:
-        out.append(Text(engine_line(eng), style="dim"))
+        out.append(rich_text(engine_line(eng), style="dim"))
     if len(bk) > 1 or any(name != "eager" for name in bk):
-        out += [Text(backend_line(name, b), style="dim") for name, b in bk.items()]
+        out += [rich_text(backend_line(name, b), style="dim") for name, b in bk.items()]
     for n in timing.get("notices", []):
-        out.append(Text(f"notice: {n}", style="cyan"))
+        out.append(rich_text(f"notice: {n}", style="cyan"))
     if not timing.get("roofline_peaks"):
-        out.append(Text("note: no roofline peaks for this device; run `convcost calibrate` to add "
+        out.append(rich_text("note: no roofline peaks for this device; run `convcost calibrate` to add "
                         "% of bound and memory/compute-bound labels", style="dim"))
     unc = timing.get("unconverged", [])
     if len(unc) > 3:
-        out.append(Text(f"warning: {len(unc)} kernel measurements stopped at their time cap "
+        out.append(rich_text(f"warning: {len(unc)} kernel measurements stopped at their time cap "
                         "before their median was known to 1% (or IQR/median was under "
                         f"{100 * timing.get('rel_iqr_target', 0):.0f}%), marked '!': a noisy "
                         "machine, or a budget too small for them; raise --time-budget / "
                         "--max-time (latency ratios carry their own interval)", style="yellow"))
     else:
         for u in unc:
-            out.append(Text(f"warning: did not converge within the time cap: {u}", style="yellow"))
+            out.append(rich_text(f"warning: did not converge within the time cap: {u}", style="yellow"))
     for f in timing.get("failures", []):
-        out.append(Text(f"error: failed: {f}", style="red"))
+        out.append(rich_text(f"error: failed: {f}", style="red"))
     over = timing.get("not_measured_budget", [])
     if over:
-        out.append(Text(f"incomplete: the time budget ({eng.get('time_budget_s', 0):g} s) ran out "
+        out.append(rich_text(f"incomplete: the time budget ({eng.get('time_budget_s', 0):g} s) ran out "
                         f"before {len(over)} measurement(s) ({_some(over)}): marked 'not measured'; "
                         "raise --time-budget, or rerun (what was measured is cached)", style="red"))
     under = timing.get("undersampled", [])
     if under:
-        out.append(Text(f"incomplete: {len(under)} measurement(s) got fewer than the "
+        out.append(rich_text(f"incomplete: {len(under)} measurement(s) got fewer than the "
                         f"{timing.get('min_samples', 10)}-sample minimum before the time budget ran "
                         f"out ({_some(under)}): quoted with '!', not stored; raise --time-budget "
                         "or rerun on a quieter machine", style="red"))
     if timing.get("interrupted"):
         miss = timing.get("missing", [])
-        out.append(Text(f"interrupted: {len(miss)} measurement(s) not taken"
+        out.append(rich_text(f"interrupted: {len(miss)} measurement(s) not taken"
                         + (f" ({_some(miss)})" if miss else ""), style="red"))
     return out
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
     CONVENTION_LINE,
-    Text,
     csv_cell,
     iqr_cell,
     json_text,
@@ -20,13 +19,14 @@ from convcost.report.common import (
     timing_lines,
     to_console_text,
 )
-from convcost.report.layout import Col, Notes, dropped_line, fit_table
+from convcost.report.layout import Col, Notes, dropped_line, fit_table, rich_text
 from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
 from convcost.timing.stats import PairedRatio
 from convcost.units import fmt_ms, fmt_ratio, human
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+    from rich.text import Text as RichText
 
 COMPARE_CONVENTIONS = {
     **CONVENTIONS,
@@ -213,7 +213,7 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
                 cells += ["baseline" if first else _headline(r, bn), notes.ref(_notes(r, bn))]
                 rows.append(cells)
         t, d = fit_table(cols, rows, width=width, title=title, sections=sections)
-        out += [t, Text(f"source {report.source}  |  ratios to the layer as it is ('original')")]
+        out += [t, rich_text(f"source {report.source}  |  ratios to the layer as it is ('original')")]
         dropped += d
     if report.is_model:
         cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
@@ -238,14 +238,14 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
         m, d = fit_table(cols, rows, width=width,
                          title=f"convcost compare: {report.name}, whole model "
                                f"({len(report.layers)} selected convs substituted)")
-        out += [m, Text("analytic: closed form over the selected convs only; ratios: the whole "
+        out += [m, rich_text("analytic: closed form over the selected convs only; ratios: the whole "
                         "model counted by fvcore")]
         dropped += [x for x in d if x not in dropped]
     out.extend(notes.lines())
     out.extend(dropped_line(dropped))
     out.extend(_footer(report))
-    out.append(Text(CONVENTION_LINE, style="dim"))
-    out.append(Text(LEGEND, style="dim"))
+    out.append(rich_text(CONVENTION_LINE, style="dim"))
+    out.append(rich_text(LEGEND, style="dim"))
     return out
 
 
@@ -256,9 +256,9 @@ def _all_rows(report: Any) -> list[Any]:
     return rows
 
 
-def _footer(report: Any) -> list[Text]:
+def _footer(report: Any) -> list[RichText]:
     """Whole model vs its convs alone, the timing lines, noisy ratios, notes."""
-    out: list[Text] = []
+    out: list[RichText] = []
     sums = (report.timing or {}).get("layers_sum_ms")
     if report.is_model and isinstance(sums, dict):
         parts = []
@@ -269,17 +269,17 @@ def _footer(report: Any) -> list[Text]:
             parts.append(f"{r.label} {fmt_ms(r.latency_ms)} / {fmt_ms(sums.get(key))}")
         first = backend_names(report)[0]
         on = f" ({first})" if first is not None else ""
-        out.append(Text(f"whole model / the sum of its selected convs timed alone{on}: "
+        out.append(rich_text(f"whole model / the sum of its selected convs timed alone{on}: "
                         + "; ".join(parts)))
     out.extend(timing_lines(report.timing, report.device, None))
     noisy = [r.on(b) for r in _all_rows(report) for b in backend_names(report) if _noisy(r.on(b))]
     if noisy:
-        out.append(Text(f"note: {len(noisy)} latency ratio(s) too noisy to quote (95% interval "
+        out.append(rich_text(f"note: {len(noisy)} latency ratio(s) too noisy to quote (95% interval "
                         "wider than half the ratio; shown as 'noisy: lo-hi'): for a firmer figure "
                         "raise --time-budget (and --max-time), or time on a quieter machine",
                         style="yellow"))
     for n in report.notes:
-        out.append(Text(f"note: {n}", style="yellow"))
+        out.append(rich_text(f"note: {n}", style="yellow"))
     return out
 
 

@@ -15,11 +15,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from convcost.report.common import Text
-
 if TYPE_CHECKING:  # rich is imported when a table is drawn, never for JSON or CSV
     from rich.console import Console, RenderableType
     from rich.table import Table
+    from rich.text import Text as RichText
+
+
+def rich_text(*args: Any, **kwargs: Any) -> RichText:
+    """``rich.text.Text``, imported on first use: JSON and CSV reports never load rich."""
+    from rich.text import Text
+
+    return Text(*args, **kwargs)
 
 ESSENTIAL = 100  # columns with this priority or more are never dropped
 
@@ -52,8 +58,8 @@ class Notes:
             nums.append(self.texts.index(n) + 1)
         return f"[{','.join(map(str, nums))}]" if nums else ""
 
-    def lines(self) -> list[Text]:
-        return [Text(f"[{i}] {t}") for i, t in enumerate(self.texts, 1)]
+    def lines(self) -> list[RichText]:
+        return [rich_text(f"[{i}] {t}") for i, t in enumerate(self.texts, 1)]
 
 
 def _table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], sections: set[int], *,
@@ -163,13 +169,13 @@ class PlainTable:
 def _titled(title: str, t: Table) -> RenderableType:
     from rich.console import Group
 
-    return Group(Text(title, style="bold"), t) if title else t
+    return Group(rich_text(title, style="bold"), t) if title else t
 
 
-def dropped_line(dropped: Sequence[str]) -> list[Text]:
+def dropped_line(dropped: Sequence[str]) -> list[RichText]:
     if not dropped:
         return []
-    return [Text(f"columns not shown at this width: {', '.join(dropped)} (--wide shows them, as "
+    return [rich_text(f"columns not shown at this width: {', '.join(dropped)} (--wide shows them, as "
                  "do -f markdown, json and csv)", style="dim")]
 
 
