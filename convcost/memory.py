@@ -48,38 +48,6 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def spec_estimate(spec: object, batch: int) -> tuple[int, str]:
-    """(bytes, explanation) for a validated spec at ``batch``."""
-    from convcost.sources.spec import AddOp, ConcatOp, ConvOp, LinearOp, Spec
-
-    assert isinstance(spec, Spec)
-    params = 0
-    peak = 0
-
-    def walk(layers: list) -> None:
-        nonlocal params, peak
-        for layer in layers:
-            op = layer.op
-            if isinstance(op, ConvOp):
-                params += op.out_channels * (op.in_channels // op.groups) * op.kernel[0] * op.kernel[1]
-            elif isinstance(op, LinearOp):
-                params += op.in_features * op.out_features
-            live = _numel(layer.in_shape) + _numel(layer.out_shape)
-            if isinstance(op, (AddOp, ConcatOp)):
-                live *= 2
-                for sub in ([*op.body, *op.shortcut] if isinstance(op, AddOp)
-                            else [x for b in op.branches for x in b]):
-                    walk([sub])
-            peak = max(peak, live)
-
-    walk(spec.layers)
-    inputs = sum(_numel(s) for s in spec.input_shapes)
-    total = 4 * (params + batch * (peak + inputs))
-    why = (f"params {fmt_bytes(4 * params)} + activations {fmt_bytes(4 * batch * (peak + inputs))}"
-           f" at batch {batch}")
-    return total, why
-
-
 def guard(estimate: int, why: str, *, device: str = "cpu", what: str = "this run",
           enabled: bool = True) -> None:
     """Raise ``ResourceError`` (exit 2) when ``estimate`` exceeds the available memory."""

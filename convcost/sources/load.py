@@ -67,10 +67,11 @@ class Loaded:
 
     def guard_memory(self, what: str = "a real forward") -> None:
         """Refuse (exit 2) a real forward that would not fit in memory, before allocating."""
-        from convcost.memory import guard, model_estimate, spec_estimate, tensor_estimate
+        from convcost.memory import guard, model_estimate, tensor_estimate
+        from convcost.sources.spec import memory_estimate
 
         if self.spec is not None:
-            est, why = spec_estimate(self.spec, self.input_shapes[0][0])
+            est, why = memory_estimate(self.spec, self.input_shapes[0][0])
         else:
             if self._estimate is None and self.memory_check:
                 self._estimate = model_estimate(self.model, self.input_shapes)

@@ -9,9 +9,10 @@ Shapes are per sample, without the batch: ``(C, H, W)`` for feature maps, ``(F,)
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from convcost.counting.formulas import conv_out_size
 from convcost.errors import InputError, SpecError
 from convcost.sources.lines import LineDict
 
@@ -248,10 +250,6 @@ def _op_args(ctx: _Ctx, raw: dict, op: str, label: str, allowed: tuple[str, ...]
     return v
 
 
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _need_map(ctx: _Ctx, shape: Shape, label: str, op: str, node: Any) -> None:
     if len(shape) != 3:
         raise ctx.err(f"'{op}' needs a C x H x W input but the previous layer gives a flat "
@@ -260,6 +258,7 @@ def _need_map(ctx: _Ctx, shape: Shape, label: str, op: str, node: Any) -> None:
 
 
 _OPS = ("conv", "bn", "act", "pool", "linear", "flatten", "channel_shuffle", "add", "concat")
+# (the registry below, SPEC_OPS, holds exactly these, in this order for messages)
 
 
 def _parse_layer(ctx: _Ctx, raw: Any, path: str, index: int, in_shape: Shape | None,
@@ -315,180 +314,270 @@ def _parse_layer(ctx: _Ctx, raw: Any, path: str, index: int, in_shape: Shape | N
                  out_shape=out_shape, line=line, own_input=own_input)
 
 
+# --------------------------------------------------------------------------- the op registry
+# One small parser and builder per op, like counting/handles.py: a parser validates the op's
+# mapping against the incoming per-sample shape and returns (op, out_shape); a builder makes
+# the nn.Module; ``children`` lists a block's nested layer lists (for :func:`iter_layers`).
+
+Parser = Callable[["_Ctx", dict, str, str, Shape], tuple["Op", Shape]]
+Builder = Callable[["Layer"], nn.Module]
+
+
+@dataclass(frozen=True)
+class SpecOp:
+    """How one op of a spec is read and built."""
+
+    parse: Parser
+    build: Builder
+    children: Callable[[Any], list[list[Layer]]] = lambda op: []
+
+
+SPEC_OPS: dict[str, SpecOp] = {}
+
+
+def spec_op(name: str, build: Builder,
+            children: Callable[[Any], list[list[Layer]]] | None = None) -> Callable[[Parser], Parser]:
+    def register(parse: Parser) -> Parser:
+        SPEC_OPS[name] = SpecOp(parse, build, children or (lambda op: []))
+        return parse
+    return register
+
+
+def _conv_padding(ctx: _Ctx, a: dict, k: tuple[int, int], d: tuple[int, int],
+                  label: str) -> tuple[int, int]:
+    """None -> dilation * (k - 1) // 2; 'same' (odd kernels); 'valid' -> 0; an int or [h, w]."""
+    pv = a.get("padding")
+    if pv is None or pv == "same":
+        if pv == "same" and (k[0] % 2 == 0 or k[1] % 2 == 0):
+            raise ctx.err(f"padding 'same' needs an odd kernel, got {list(k)}; give the padding "
+                          "as an integer or [h, w]", node=a, key="padding", layer=label)
+        return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+    if pv == "valid":
+        return (0, 0)
+    if isinstance(pv, str):
+        raise ctx.err(f"value {pv!r} is not allowed; use an integer, a pair [h, w], "
+                      "'same' or 'valid'", node=a, key="padding", layer=label)
+    return _pair(ctx, pv, "padding", a, label, minimum=0)
+
+
+def _window_out(ctx: _Ctx, a: dict, in_shape: Shape, k: tuple[int, int], s: tuple[int, int],
+                p: tuple[int, int], d: tuple[int, int] | None, label: str) -> tuple[int, int]:
+    """Output H x W of a conv window (``d`` its dilation) or a pool window (``d`` None); a
+    collapse to nothing is an error naming the window."""
+    dd = d or (1, 1)
+    h, w = (conv_out_size(in_shape[1], k[0], s[0], p[0], dd[0]),
+            conv_out_size(in_shape[2], k[1], s[1], p[1], dd[1]))
+    if h < 1 or w < 1:
+        more = f", padding {list(p)}, dilation {list(d)}" if d is not None else ""
+        raise ctx.err(f"output size collapses to {h} x {w}: input {in_shape[1]} x {in_shape[2]}, "
+                      f"kernel {list(k)}, stride {list(s)}{more}", node=a, key="kernel",
+                      layer=label)
+    return h, w
+
+
+def _build_conv(layer: Layer) -> nn.Module:
+    op = layer.op
+    return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding,
+                     op.dilation, op.groups, op.bias)
+
+
+@spec_op("conv", _build_conv)
+def _parse_conv(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+    a = _op_args(ctx, raw, "conv", label, ("in", "out", "kernel", "stride", "padding",
+                                           "dilation", "groups", "bias"))
+    for req in ("out", "kernel"):
+        if req not in a:
+            raise ctx.err(f"'conv' needs '{req}'", node=a, key=req, layer=label)
+    _need_map(ctx, in_shape, label, "conv", raw)
+    cin = _int(ctx, a["in"], "in", a, label) if "in" in a else in_shape[0]
+    if cin != in_shape[0]:
+        raise ctx.err(f"value {cin} does not match the {in_shape[0]} channels coming in "
+                      f"(input shape {list(in_shape)}); drop 'in' to infer it", node=a,
+                      key="in", layer=label)
+    cout = _int(ctx, a["out"], "out", a, label)
+    k = _pair(ctx, a["kernel"], "kernel", a, label)
+    s = _pair(ctx, a.get("stride", 1), "stride", a, label)
+    d = _pair(ctx, a.get("dilation", 1), "dilation", a, label)
+    g = _int(ctx, a.get("groups", 1), "groups", a, label)
+    bias = _bool(ctx, a.get("bias", False), "bias", a, label)
+    p = _conv_padding(ctx, a, k, d, label)
+    if cin % g or cout % g:
+        raise ctx.err(f"value {g}: in ({cin}) and out ({cout}) must both be divisible by "
+                      f"groups; allowed groups here: {_common_divisors(cin, cout)}", node=a,
+                      key="groups", layer=label)
+    h, w = _window_out(ctx, a, in_shape, k, s, p, d, label)
+    return ConvOp(cin, cout, k, s, p, d, g, bias), (cout, h, w)
+
+
+def _build_bn(layer: Layer) -> nn.Module:
+    n = layer.op.num_features
+    return nn.BatchNorm2d(n) if len(layer.in_shape) == 3 else nn.BatchNorm1d(n)
+
+
+@spec_op("bn", _build_bn)
+def _parse_bn(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+    _op_args(ctx, raw, "bn", label, ())
+    return BNOp(in_shape[0]), in_shape
+
+
+@spec_op("act", lambda layer: ACTIVATIONS[layer.op.kind]())
+def _parse_act(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+    v = raw["act"]
+    if isinstance(v, dict):
+        _check_keys(ctx, v, ("type",), "'act'", label)
+        v = v.get("type")
+    if not isinstance(v, str) or v not in ACTIVATIONS:
+        raise ctx.err(f"value {_describe(v)} is not an activation; allowed: "
+                      f"{', '.join(ACTIVATIONS)}", node=raw, key="act", layer=label)
+    return ActOp(v), in_shape
+
+
+def _build_pool(layer: Layer) -> nn.Module:
+    op = layer.op
+    if op.global_:
+        return nn.AdaptiveAvgPool2d(1) if op.type == "avg" else nn.AdaptiveMaxPool2d(1)
+    cls = nn.MaxPool2d if op.type == "max" else nn.AvgPool2d
+    return cls(op.kernel, op.stride, op.padding)
+
+
+@spec_op("pool", _build_pool)
+def _parse_pool(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+    a = _op_args(ctx, raw, "pool", label, ("type", "kernel", "stride", "padding", "global"))
+    _need_map(ctx, in_shape, label, "pool", raw)
+    glob = _bool(ctx, a.get("global", False), "global", a, label)
+    typ = a.get("type", "avg" if glob else None)
+    if typ not in ("max", "avg"):
+        raise ctx.err(f"value {_describe(typ)} must be 'max' or 'avg'", node=a, key="type",
+                      layer=label)
+    if glob:
+        extra = [k for k in ("kernel", "stride", "padding") if k in a]
+        if extra:
+            raise ctx.err("a global pool takes no kernel, stride or padding", node=a,
+                          key=extra[0], layer=label)
+        return PoolOp(typ, None, None, (0, 0), True), (in_shape[0], 1, 1)
+    if "kernel" not in a:
+        raise ctx.err("'pool' needs 'kernel' (or 'global: true')", node=a, key="kernel",
+                      layer=label)
+    k = _pair(ctx, a["kernel"], "kernel", a, label)
+    s = _pair(ctx, a.get("stride", list(k)), "stride", a, label)
+    p = _pair(ctx, a.get("padding", 0), "padding", a, label, minimum=0)
+    if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
+        raise ctx.err(f"value {list(p)}: padding must be at most half the kernel {list(k)}",
+                      node=a, key="padding", layer=label)
+    h, w = _window_out(ctx, a, in_shape, k, s, p, None, label)
+    return PoolOp(typ, k, s, p, False), (in_shape[0], h, w)
+
+
+@spec_op("linear", lambda layer: nn.Linear(layer.op.in_features, layer.op.out_features,
+                                           layer.op.bias))
+def _parse_linear(ctx: _Ctx, raw: dict, label: str, path: str,
+                  in_shape: Shape) -> tuple[Op, Shape]:
+    a = _op_args(ctx, raw, "linear", label, ("in", "out", "bias"))
+    if len(in_shape) != 1:
+        raise ctx.err(f"'linear' needs a flat input but gets {list(in_shape)}; add "
+                      "'- flatten: {}' before it", node=raw, key="linear", layer=label)
+    if "out" not in a:
+        raise ctx.err("'linear' needs 'out'", node=a, key="out", layer=label)
+    fin = _int(ctx, a["in"], "in", a, label) if "in" in a else in_shape[0]
+    if fin != in_shape[0]:
+        raise ctx.err(f"value {fin} does not match the {in_shape[0]} features coming in",
+                      node=a, key="in", layer=label)
+    fout = _int(ctx, a["out"], "out", a, label)
+    bias = _bool(ctx, a.get("bias", True), "bias", a, label)
+    return LinearOp(fin, fout, bias), (fout,)
+
+
+@spec_op("flatten", lambda layer: nn.Flatten(1))
+def _parse_flatten(ctx: _Ctx, raw: dict, label: str, path: str,
+                   in_shape: Shape) -> tuple[Op, Shape]:
+    _op_args(ctx, raw, "flatten", label, ())
+    return FlattenOp(), (math.prod(in_shape),)
+
+
+@spec_op("channel_shuffle", lambda layer: ChannelShuffle(layer.op.groups))
+def _parse_shuffle(ctx: _Ctx, raw: dict, label: str, path: str,
+                   in_shape: Shape) -> tuple[Op, Shape]:
+    v = raw["channel_shuffle"]
+    node, key = raw, "channel_shuffle"
+    if isinstance(v, dict):
+        _check_keys(ctx, v, ("groups",), "'channel_shuffle'", label)
+        if "groups" not in v:
+            raise ctx.err("'channel_shuffle' needs 'groups'", node=v, key="groups", layer=label)
+        node, key, v = v, "groups", v["groups"]
+    g = _int(ctx, v, key, node, label)
+    _need_map(ctx, in_shape, label, "channel_shuffle", raw)
+    if in_shape[0] % g:
+        raise ctx.err(f"value {g}: the {in_shape[0]} channels are not divisible by it; allowed: "
+                      f"{_common_divisors(in_shape[0], in_shape[0])}", node=node, key=key,
+                      layer=label)
+    return ShuffleOp(g), in_shape
+
+
+def _build_add(layer: Layer) -> nn.Module:
+    op = layer.op
+    body = OrderedDict((sub.name, build_layer(sub)) for sub in op.body)
+    return AddBlock(body, _seq(op.shortcut) if op.shortcut else None)
+
+
+@spec_op("add", _build_add, children=lambda op: [op.body, op.shortcut])
+def _parse_add(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+    a = _op_args(ctx, raw, "add", label, ("layers", "shortcut"))
+    body = _parse_list(ctx, a.get("layers"), f"{path}.add.layers", in_shape, a, "layers", label,
+                       required=True)
+    sc = _parse_list(ctx, a.get("shortcut", []), f"{path}.add.shortcut", in_shape, a,
+                     "shortcut", label, required=False)
+    out_b = body[-1].out_shape
+    out_s = sc[-1].out_shape if sc else in_shape
+    if out_b != out_s:
+        hint = "" if sc else " (give a 'shortcut' that projects the input, e.g. a 1x1 conv)"
+        raise ctx.err(f"the block's layers give {list(out_b)} but the shortcut gives "
+                      f"{list(out_s)}; both must match to be added{hint}", node=raw, key="add",
+                      layer=label)
+    return AddOp(body, sc), out_b
+
+
+@spec_op("concat", lambda layer: ConcatBlock([_seq(b) if b else nn.Identity()
+                                              for b in layer.op.branches]),
+         children=lambda op: list(op.branches))
+def _parse_concat(ctx: _Ctx, raw: dict, label: str, path: str,
+                  in_shape: Shape) -> tuple[Op, Shape]:
+    a = _op_args(ctx, raw, "concat", label, ("branches",))
+    br = a.get("branches")
+    if not isinstance(br, list) or len(br) < 2:
+        raise ctx.err(f"value {_describe(br)} must be a list of at least 2 branches, each a "
+                      "list of layers ([] passes the input through)", node=a, key="branches",
+                      layer=label)
+    branches = [_parse_list(ctx, b, f"{path}.concat.branches[{i}]", in_shape, a, "branches",
+                            label, required=False) for i, b in enumerate(br)]
+    outs = [b[-1].out_shape if b else in_shape for b in branches]
+    if any(len(o) != 3 for o in outs) or len({o[1:] for o in outs}) != 1:
+        raise ctx.err(f"branch outputs {[list(o) for o in outs]} must all be C x H x W with the "
+                      "same H x W to be concatenated", node=raw, key="concat", layer=label)
+    return ConcatOp(branches), (sum(o[0] for o in outs), *outs[0][1:])
+
+
 def _parse_op(ctx: _Ctx, raw: dict, op: str, label: str, path: str,
               in_shape: Shape | None) -> tuple[Op, Shape, Shape]:
-    """Validate one op; returns (op, out_shape, in_shape actually used)."""
-    if op == "conv":
-        a = _op_args(ctx, raw, op, label, ("in", "out", "kernel", "stride", "padding", "dilation",
-                                           "groups", "bias"))
-        for req in ("out", "kernel"):
-            if req not in a:
-                raise ctx.err(f"'conv' needs '{req}'", node=a, key=req, layer=label)
-        if in_shape is None:
-            if "in" not in a:
-                raise ctx.err("the first layer needs an input shape: set top-level 'input: [C, H, W]' "
-                              "or this layer's own 'input'", node=raw, layer=label)
-            raise ctx.err("no input shape to chain from: set top-level 'input: [C, H, W]' or this "
-                          "layer's own 'input'", node=raw, layer=label)
-        _need_map(ctx, in_shape, label, op, raw)
-        cin = _int(ctx, a["in"], "in", a, label) if "in" in a else in_shape[0]
-        if cin != in_shape[0]:
-            raise ctx.err(f"value {cin} does not match the {in_shape[0]} channels coming in "
-                          f"(input shape {list(in_shape)}); drop 'in' to infer it", node=a,
-                          key="in", layer=label)
-        cout = _int(ctx, a["out"], "out", a, label)
-        k = _pair(ctx, a["kernel"], "kernel", a, label)
-        s = _pair(ctx, a.get("stride", 1), "stride", a, label)
-        d = _pair(ctx, a.get("dilation", 1), "dilation", a, label)
-        g = _int(ctx, a.get("groups", 1), "groups", a, label)
-        bias = _bool(ctx, a.get("bias", False), "bias", a, label)
-        pv = a.get("padding", None)
-        if pv is None:
-            p = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
-        elif pv == "same":
-            if k[0] % 2 == 0 or k[1] % 2 == 0:
-                raise ctx.err(f"padding 'same' needs an odd kernel, got {list(k)}; give the padding "
-                              "as an integer or [h, w]", node=a, key="padding", layer=label)
-            p = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
-        elif pv == "valid":
-            p = (0, 0)
-        elif isinstance(pv, str):
-            raise ctx.err(f"value {pv!r} is not allowed; use an integer, a pair [h, w], "
-                          "'same' or 'valid'", node=a, key="padding", layer=label)
-        else:
-            p = _pair(ctx, pv, "padding", a, label, minimum=0)
-        if cin % g or cout % g:
-            raise ctx.err(f"value {g}: in ({cin}) and out ({cout}) must both be divisible by "
-                          f"groups; allowed groups here: {_common_divisors(cin, cout)}", node=a,
-                          key="groups", layer=label)
-        h, w = (_conv_out(in_shape[1], k[0], s[0], p[0], d[0]),
-                _conv_out(in_shape[2], k[1], s[1], p[1], d[1]))
-        if h < 1 or w < 1:
-            raise ctx.err(f"output size collapses to {h} x {w}: input {in_shape[1]} x {in_shape[2]}, "
-                          f"kernel {list(k)}, stride {list(s)}, padding {list(p)}, dilation "
-                          f"{list(d)}", node=a, key="kernel", layer=label)
-        return ConvOp(cin, cout, k, s, p, d, g, bias), (cout, h, w), in_shape
-
+    """Validate one op through its registered parser: (op, out_shape, in_shape used)."""
     if in_shape is None:
-        raise ctx.err("no input shape to chain from: set top-level 'input: [C, H, W]' or this "
+        first = op == "conv" and "in" not in (raw.get("conv") or {})
+        raise ctx.err("the first layer needs an input shape: set top-level 'input: [C, H, W]' "
+                      "or this layer's own 'input'" if first else
+                      "no input shape to chain from: set top-level 'input: [C, H, W]' or this "
                       "layer's own 'input'", node=raw, layer=label)
+    parsed, out_shape = SPEC_OPS[op].parse(ctx, raw, label, path, in_shape)
+    return parsed, out_shape, in_shape
 
-    if op == "bn":
-        _op_args(ctx, raw, op, label, ())
-        return BNOp(in_shape[0]), in_shape, in_shape
 
-    if op == "act":
-        v = raw["act"]
-        if isinstance(v, dict):
-            _check_keys(ctx, v, ("type",), "'act'", label)
-            v = v.get("type")
-        if not isinstance(v, str) or v not in ACTIVATIONS:
-            raise ctx.err(f"value {_describe(v)} is not an activation; allowed: "
-                          f"{', '.join(ACTIVATIONS)}", node=raw, key="act", layer=label)
-        return ActOp(v), in_shape, in_shape
-
-    if op == "pool":
-        a = _op_args(ctx, raw, op, label, ("type", "kernel", "stride", "padding", "global"))
-        _need_map(ctx, in_shape, label, op, raw)
-        glob = _bool(ctx, a.get("global", False), "global", a, label)
-        typ = a.get("type", "avg" if glob else None)
-        if typ not in ("max", "avg"):
-            raise ctx.err(f"value {_describe(typ)} must be 'max' or 'avg'", node=a, key="type",
-                          layer=label)
-        if glob:
-            extra = [k for k in ("kernel", "stride", "padding") if k in a]
-            if extra:
-                raise ctx.err("a global pool takes no kernel, stride or padding", node=a,
-                              key=extra[0], layer=label)
-            return PoolOp(typ, None, None, (0, 0), True), (in_shape[0], 1, 1), in_shape
-        if "kernel" not in a:
-            raise ctx.err("'pool' needs 'kernel' (or 'global: true')", node=a, key="kernel",
-                          layer=label)
-        k = _pair(ctx, a["kernel"], "kernel", a, label)
-        s = _pair(ctx, a.get("stride", list(k)), "stride", a, label)
-        p = _pair(ctx, a.get("padding", 0), "padding", a, label, minimum=0)
-        if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
-            raise ctx.err(f"value {list(p)}: padding must be at most half the kernel {list(k)}",
-                          node=a, key="padding", layer=label)
-        h, w = (_conv_out(in_shape[1], k[0], s[0], p[0], 1),
-                _conv_out(in_shape[2], k[1], s[1], p[1], 1))
-        if h < 1 or w < 1:
-            raise ctx.err(f"output size collapses to {h} x {w}: input {in_shape[1]} x {in_shape[2]}, "
-                          f"kernel {list(k)}, stride {list(s)}", node=a, key="kernel", layer=label)
-        return PoolOp(typ, k, s, p, False), (in_shape[0], h, w), in_shape
-
-    if op == "linear":
-        a = _op_args(ctx, raw, op, label, ("in", "out", "bias"))
-        if len(in_shape) != 1:
-            raise ctx.err(f"'linear' needs a flat input but gets {list(in_shape)}; add "
-                          "'- flatten: {}' before it", node=raw, key="linear", layer=label)
-        if "out" not in a:
-            raise ctx.err("'linear' needs 'out'", node=a, key="out", layer=label)
-        fin = _int(ctx, a["in"], "in", a, label) if "in" in a else in_shape[0]
-        if fin != in_shape[0]:
-            raise ctx.err(f"value {fin} does not match the {in_shape[0]} features coming in",
-                          node=a, key="in", layer=label)
-        fout = _int(ctx, a["out"], "out", a, label)
-        bias = _bool(ctx, a.get("bias", True), "bias", a, label)
-        return LinearOp(fin, fout, bias), (fout,), in_shape
-
-    if op == "flatten":
-        _op_args(ctx, raw, op, label, ())
-        n = 1
-        for x in in_shape:
-            n *= x
-        return FlattenOp(), (n,), in_shape
-
-    if op == "channel_shuffle":
-        v = raw["channel_shuffle"]
-        node, key = raw, "channel_shuffle"
-        if isinstance(v, dict):
-            _check_keys(ctx, v, ("groups",), "'channel_shuffle'", label)
-            if "groups" not in v:
-                raise ctx.err("'channel_shuffle' needs 'groups'", node=v, key="groups", layer=label)
-            node, key, v = v, "groups", v["groups"]
-        g = _int(ctx, v, key, node, label)
-        _need_map(ctx, in_shape, label, op, raw)
-        if in_shape[0] % g:
-            raise ctx.err(f"value {g}: the {in_shape[0]} channels are not divisible by it; allowed: "
-                          f"{_common_divisors(in_shape[0], in_shape[0])}", node=node, key=key,
-                          layer=label)
-        return ShuffleOp(g), in_shape, in_shape
-
-    if op == "add":
-        a = _op_args(ctx, raw, op, label, ("layers", "shortcut"))
-        body = _parse_list(ctx, a.get("layers"), f"{path}.add.layers", in_shape, a, "layers", label,
-                           required=True)
-        sc = _parse_list(ctx, a.get("shortcut", []), f"{path}.add.shortcut", in_shape, a,
-                         "shortcut", label, required=False)
-        out_b = body[-1].out_shape
-        out_s = sc[-1].out_shape if sc else in_shape
-        if out_b != out_s:
-            hint = "" if sc else " (give a 'shortcut' that projects the input, e.g. a 1x1 conv)"
-            raise ctx.err(f"the block's layers give {list(out_b)} but the shortcut gives "
-                          f"{list(out_s)}; both must match to be added{hint}", node=raw, key="add",
-                          layer=label)
-        return AddOp(body, sc), out_b, in_shape
-
-    if op == "concat":
-        a = _op_args(ctx, raw, op, label, ("branches",))
-        br = a.get("branches")
-        if not isinstance(br, list) or len(br) < 2:
-            raise ctx.err(f"value {_describe(br)} must be a list of at least 2 branches, each a "
-                          "list of layers ([] passes the input through)", node=a, key="branches",
-                          layer=label)
-        branches = [
-            _parse_list(ctx, b, f"{path}.concat.branches[{i}]", in_shape, a, "branches", label,
-                        required=False)
-            for i, b in enumerate(br)
-        ]
-        outs = [b[-1].out_shape if b else in_shape for b in branches]
-        if any(len(o) != 3 for o in outs) or len({o[1:] for o in outs}) != 1:
-            raise ctx.err(f"branch outputs {[list(o) for o in outs]} must all be C x H x W with the "
-                          "same H x W to be concatenated", node=raw, key="concat", layer=label)
-        return ConcatOp(branches), (sum(o[0] for o in outs), *outs[0][1:]), in_shape
-
-    raise AssertionError(op)  # pragma: no cover - _OPS is exhaustive
+def iter_layers(layers: list[Layer]) -> Iterator[Layer]:
+    """Every layer of a spec tree, depth first (a block, then its nested layers): the one
+    walker over the tree, used by the memory estimate and the closed-form MACs."""
+    stack = list(reversed(layers))
+    while stack:
+        layer = stack.pop()
+        yield layer
+        for sub in reversed(SPEC_OPS[layer.op_name].children(layer.op)):
+            stack.extend(reversed(sub))
 
 
 def _parse_list(ctx: _Ctx, raw: Any, path: str, in_shape: Shape, parent: Any, key: str,
@@ -656,33 +745,8 @@ def _seq(layers: list[Layer]) -> nn.Sequential:
 
 
 def build_layer(layer: Layer) -> nn.Module:
-    """Build the ``nn.Module`` for one validated layer."""
-    op = layer.op
-    if isinstance(op, ConvOp):
-        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel, op.stride, op.padding,
-                         op.dilation, op.groups, op.bias)
-    if isinstance(op, BNOp):
-        return nn.BatchNorm2d(op.num_features) if len(layer.in_shape) == 3 else nn.BatchNorm1d(
-            op.num_features)
-    if isinstance(op, ActOp):
-        return ACTIVATIONS[op.kind]()
-    if isinstance(op, PoolOp):
-        if op.global_:
-            return nn.AdaptiveAvgPool2d(1) if op.type == "avg" else nn.AdaptiveMaxPool2d(1)
-        cls = nn.MaxPool2d if op.type == "max" else nn.AvgPool2d
-        return cls(op.kernel, op.stride, op.padding)
-    if isinstance(op, LinearOp):
-        return nn.Linear(op.in_features, op.out_features, op.bias)
-    if isinstance(op, FlattenOp):
-        return nn.Flatten(1)
-    if isinstance(op, ShuffleOp):
-        return ChannelShuffle(op.groups)
-    if isinstance(op, AddOp):
-        body = OrderedDict((sub.name, build_layer(sub)) for sub in op.body)
-        return AddBlock(body, _seq(op.shortcut) if op.shortcut else None)
-    if isinstance(op, ConcatOp):
-        return ConcatBlock([_seq(b) if b else nn.Identity() for b in op.branches])
-    raise AssertionError(type(op))  # pragma: no cover
+    """Build the ``nn.Module`` for one validated layer (its op's registered builder)."""
+    return SPEC_OPS[layer.op_name].build(layer)
 
 
 def build_model(spec: Spec) -> SpecModel:
@@ -696,26 +760,37 @@ def build_model(spec: Spec) -> SpecModel:
 def conv_linear_macs(spec: Spec, batch: int | None = None) -> int:
     """Closed-form conv + linear MACs of the spec at ``batch`` (an estimate of the cost of a real
     forward; the counts convcost reports always come from the built module)."""
-    b = batch or spec.batch
+    total = 0
+    for layer in iter_layers(spec.layers):
+        op = layer.op
+        if isinstance(op, ConvOp):
+            total += math.prod(layer.out_shape) * op.kernel[0] * op.kernel[1] * (
+                op.in_channels // op.groups)
+        elif isinstance(op, LinearOp):
+            total += op.in_features * op.out_features
+    return (batch or spec.batch) * total
 
-    def walk(layers: list[Layer]) -> int:
-        total = 0
-        for layer in layers:
-            op = layer.op
-            if isinstance(op, ConvOp):
-                out = 1
-                for d in layer.out_shape:
-                    out *= d
-                total += out * op.kernel[0] * op.kernel[1] * (op.in_channels // op.groups)
-            elif isinstance(op, LinearOp):
-                total += op.in_features * op.out_features
-            elif isinstance(op, AddOp):
-                total += walk(op.body) + walk(op.shortcut)
-            elif isinstance(op, ConcatOp):
-                total += sum(walk(br) for br in op.branches)
-        return total
 
-    return b * walk(spec.layers)
+def memory_estimate(spec: Spec, batch: int) -> tuple[int, str]:
+    """(bytes, explanation) a real forward of the spec allocates at ``batch``: parameters, the
+    inputs and the largest live activations (a layer's input + output, twice inside a block,
+    whose input stays alive for its shortcut or other branches), at 4 bytes per element."""
+    from convcost.memory import fmt_bytes
+
+    params = peak = 0
+    for layer in iter_layers(spec.layers):
+        op = layer.op
+        if isinstance(op, ConvOp):
+            params += op.out_channels * (op.in_channels // op.groups) * op.kernel[0] * op.kernel[1]
+        elif isinstance(op, LinearOp):
+            params += op.in_features * op.out_features
+        live = math.prod(layer.in_shape) + math.prod(layer.out_shape)
+        block = bool(SPEC_OPS[layer.op_name].children(op))
+        peak = max(peak, live * (2 if block else 1))
+    inputs = sum(math.prod(s) for s in spec.input_shapes)
+    acts = 4 * batch * (peak + inputs)
+    return 4 * params + acts, (f"params {fmt_bytes(4 * params)} + activations "
+                               f"{fmt_bytes(acts)} at batch {batch}")
 
 
 def example_inputs(spec: Spec, batch: int | None = None,
