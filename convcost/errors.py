@@ -71,3 +71,15 @@ class ModelError(ConvcostError):
 
 class ResourceError(InputError):
     """A run refused up front because it would not fit (memory guard); exit 2."""
+
+
+def first_line(e: BaseException, limit: int | None = None, *, with_type: bool = True) -> str:
+    """An exception as one line: ``Type: the first line of its message`` (``Type`` alone when
+    the message is empty; without ``with_type``, the message's first line), cut at ``limit``."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type:
+        out = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    else:
+        out = text or type(e).__name__
+    return out[:limit] if limit else out

@@ -43,11 +43,10 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from convcost.errors import ConvcostError, ExitStatus, ModelError
+from convcost.errors import ConvcostError, ExitStatus, ModelError, first_line
 
 DEFAULT_TIMEOUT_S = 600.0
 TIMING_MARGIN_S = 120.0  # on top of the time budget: warm-up of the last group, output checks
@@ -146,14 +145,12 @@ def _child_main(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Non
             code = e.code if isinstance(e.code, (int, str)) or e.code is None else str(e.code)
             msg = ("exit", code)
         else:
-            first = str(e).strip().splitlines()
-            msg = ("internal", f"{type(e).__name__}: {first[0] if first else ''}",
-                   traceback.format_exc())
+            msg = ("internal", first_line(e))
     try:
         conn.send(msg)
     except Exception as e:  # a result that cannot be pickled is a bug in convcost
         with contextlib.suppress(Exception):
-            conn.send(("internal", f"cannot send the result back: {type(e).__name__}: {e}", ""))
+            conn.send(("internal", f"cannot send the result back: {first_line(e)}"))
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -368,15 +365,12 @@ def _outcome(msg: Any, w: _Wait, label: str) -> Any:
                          f"{w.current}; nothing it computed is reported")
     if w.signalled is not None:
         raise KeyboardInterrupt()
-    raise InternalError(msg[1], msg[2])
+    raise InternalError(msg[1])
 
 
 class InternalError(RuntimeError):
-    """A bug in convcost, raised in the child; the child's traceback is kept for --traceback."""
-
-    def __init__(self, text: str, child_traceback: str) -> None:
-        super().__init__(text)
-        self.child_traceback = child_traceback
+    """A bug in convcost, raised in the child (its first line; rerun in-process with
+    ``CONVCOST_ISOLATION=off --traceback`` for the whole traceback)."""
 
 
 def _how(code: int | None) -> str:

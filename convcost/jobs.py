@@ -63,7 +63,7 @@ class SourceRequest:
 
 
 @dataclass
-class Result:
+class JobResult:
     """A command's report (AnalysisReport or CompareReport) and its timing run, if timed."""
 
     report: Any
@@ -93,7 +93,7 @@ def _spec_dtype(loaded: Any) -> str:
 
 
 def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | None,
-                progress: ProgressFactory | None = None) -> Result:
+                progress: ProgressFactory | None = None) -> JobResult:
     """Load, count and (when ``timing``) time SOURCE: the analyze command's work."""
     from convcost.counting.analysis import analyze_model
 
@@ -115,7 +115,7 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
         with _progress(progress) as prog:
             run = time_analysis(report, loaded.model, loaded.input_shapes,
                                 timing.engines(cfg, prog))
-    return Result(report, run)
+    return JobResult(report, run)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class CompareRequest:
 
 
 def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest | None,
-                progress: ProgressFactory | None = None) -> Result:
+                progress: ProgressFactory | None = None) -> JobResult:
     """Load SOURCE, count every variant of its selected convs and the substituted models, and
     time them (paired): the compare command's work for a SOURCE."""
     from convcost.errors import InputError
@@ -156,11 +156,11 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
     if timing is not None:
         run = _time_compare(report, timing, _spec_dtype(loaded), loaded.model,
                             loaded.input_shapes, progress)
-    return Result(report, run)
+    return JobResult(report, run)
 
 
 def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | None,
-                      progress: ProgressFactory | None = None) -> Result:
+                      progress: ProgressFactory | None = None) -> JobResult:
     """compare without a SOURCE: the variants of one standalone conv (no user code)."""
     from convcost.startup import settle
     from convcost.variants.compare import compare_default
@@ -168,7 +168,7 @@ def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | N
     settle()
     report = compare_default(layer, variants)
     run = _time_compare(report, timing, "fp32", None, None, progress) if timing else None
-    return Result(report, run)
+    return JobResult(report, run)
 
 
 def _time_compare(report: Any, timing: TimingRequest, default_dtype: str, model: Any,
@@ -220,3 +220,173 @@ class _NullProgress:
 
 def _progress(factory: ProgressFactory | None) -> AbstractContextManager[Any]:
     return factory("timing") if factory is not None else _NullProgress()
+
+
+# --------------------------------------------------------------------------- check
+
+
+@dataclass
+class CheckMeasure:
+    """What one check's model measured (sent back from its child process)."""
+
+    metrics: dict[str, Any]
+    layers: list[Any]
+
+
+def run_check(check: Any, measure_latency: bool, max_time_s: float,
+              memory_check: bool) -> CheckMeasure:
+    """Load and count one check's model, and time it when a latency limit asks for it: the
+    check command's work for one model (in a child process, see :mod:`convcost.isolation`)."""
+    from convcost.counting.analysis import analyze_model
+    from convcost.sources.load import is_spec_path
+
+    shape = None if is_spec_path(check.model) else check.input
+    loaded = _load(SourceRequest(check.model, shape, None, check.model_args, memory_check))
+    phase("counting the model")
+    a = analyze_model(loaded.model, loaded.input_shapes,
+                      make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,
+                      source=check.model, name=check.name)
+    metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "paper_macs": a.paper_macs,
+                               "flops": a.flops, "latency_ms": None, "model": check.model,
+                               "input_shapes": a.input_shapes}
+    if check.latency is not None:
+        metrics.update(_check_latency(check, loaded, a.macs, measure_latency, max_time_s,
+                                      memory_check))
+    return CheckMeasure(metrics, a.layers)
+
+
+def _check_latency(check: Any, loaded: Any, macs: int, measure_latency: bool,
+                   max_time_s: float, memory_check: bool) -> dict[str, Any]:
+    """The latency of a check's whole model, measured fresh (no latency table, no budget: the
+    cap bounds it), or why not (``latency_skip``: not asked or no device; ``latency_failed``:
+    the measurement failed, judged by the budget's ``on_unmeasured``)."""
+    import torch
+
+    from convcost.counting.meta import model_estimate
+    from convcost.memory import guard
+    from convcost.timing.kernel import Kernel
+
+    lat = check.latency
+    if not measure_latency:
+        return {"latency_skip": "not measured (--no-time)"}
+    if lat.device.startswith("cuda") and not torch.cuda.is_available():
+        return {"latency_skip": f"no CUDA device on this machine for the {lat.device} limit"}
+    device = lat.device if lat.device != "cuda" else "cuda:0"
+    timing = TimingRequest(device, lat.dtype, None, None, False, max_time_s, None,
+                           use_table=False, backends=(lat.backend,))
+    cfg = timing.config()
+    shapes = [tuple(s) for s in loaded.input_shapes]
+    if lat.batch:
+        shapes = [(lat.batch, *s[1:]) for s in shapes]
+    est, why = model_estimate(loaded.model, shapes) if memory_check else (0, "")
+    guard(est, why, what=f"{check.name}: the latency measurement", device=device,
+          enabled=memory_check)
+    phase("timing the model", None)
+    (engine,) = timing.engines(cfg, _NullProgress())
+    (key,) = engine.add_group([Kernel(loaded.model, shapes, None, macs, f"model {check.name}",
+                                      "model")], paired=False)
+    engine.run()
+    if engine.interrupted:
+        raise KeyboardInterrupt
+    kr = engine.kernel(key)
+    meas = kr.measurement
+    if meas is None or meas.median_ms is None:
+        return {"latency_failed": f"timing failed: {kr.error or 'not measured'}"}
+    return {"latency_ms": meas.median_ms,
+            "latency": {"device": lat.device, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
+                        "n": meas.n, "converged": meas.converged,
+                        "backend": engine.backend_info, "setup_s": kr.setup_s}}
+
+
+# --------------------------------------------------------------------------- compare's built-in layer
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """compare without a SOURCE: the built-in layer (``--in/--out/--kernel/--size/--stride/
+    --batch``) and the variants asked for."""
+
+    cin: int
+    cout: int
+    kernel: int
+    size: int
+    stride: int
+    batch: int | None
+    groups: tuple[int, ...] | None
+    variant_names: tuple[str, ...]
+    memory_check: bool = True
+
+
+def builtin_layer(req: LayerRequest) -> tuple[Any, list[Any]]:
+    """The built-in layer (padding K//2) and its variants, refused before any work when its
+    input and output would not fit in memory."""
+    from convcost.errors import InputError
+    from convcost.memory import guard, tensor_estimate
+    from convcost.variants.catalogue import ConvLayer, expand_variants, valid_groups
+    from convcost.variants.compare import DEFAULT_LAYER
+
+    if req.kernel > req.size:
+        raise InputError(f"--kernel {req.kernel} is larger than --size {req.size}")
+    k, s = req.kernel, req.stride
+    layer = ConvLayer(req.cin, req.cout, (k, k), (s, s), (k // 2,) * 2, in_hw=(req.size,) * 2,
+                      batch=req.batch or DEFAULT_LAYER.batch)
+    guard(2 * tensor_estimate([layer.input_shape, layer.output_shape])
+          + 4 * req.cin * req.cout * k * k,
+          f"input {'x'.join(map(str, layer.input_shape))} and output "
+          f"{'x'.join(map(str, layer.output_shape))}, twice", what="the built-in layer",
+          enabled=req.memory_check)
+    gs = req.groups if req.groups is not None else tuple(valid_groups(layer))
+    return layer, expand_variants(req.variant_names, gs)
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@dataclass
+class Calibration:
+    """calibrate's result: the measured peaks and where they were kept (None: not kept)."""
+
+    peaks: Any
+    path: Any = None
+
+
+def run_calibrate(device: str, quick: bool, threads: int | None,
+                  notice: Callable[[str], None]) -> Calibration:
+    """Measure the device's peaks and keep them in the cache folder. ``notice`` is told, before
+    the measurement, when the result cannot be kept, and after it, when a full calibration is
+    kept instead of a quick one."""
+    import os
+
+    import torch
+
+    from convcost.errors import InputError
+    from convcost.paths import cache_dir
+    from convcost.timing.device import resolve_device
+    from convcost.timing.roofline import calibrate, save
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        usable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        notice(f"the cache folder {folder} cannot be used; the peaks will be printed but not "
+               "kept (set CONVCOST_CACHE_DIR to a writable folder)")
+    peaks = calibrate(dev, copy_mib=64 if quick else None, gemm_n=512 if quick else None,
+                      max_time_s=0.3 if quick else 1.0, quick=quick)
+    if not usable:
+        return Calibration(peaks)
+    try:
+        path, kept = save(peaks)
+    except InputError as e:
+        notice(f"{e}; the peaks are printed but not kept")
+        return Calibration(peaks)
+    if kept is not None:
+        notice(f"the full calibration of {kept.get('measured_at', '?')} is kept; these --quick "
+               "figures are printed but not stored (run without --quick to replace it)")
+        return Calibration(peaks)
+    return Calibration(peaks, path)

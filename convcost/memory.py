@@ -63,38 +63,3 @@ def guard(estimate: int, why: str, *, device: str = "cpu", what: str = "this run
 
 def tensor_estimate(shapes: Iterable[Iterable[int]], element_bytes: int = 4) -> int:
     return element_bytes * sum(_numel(s) for s in shapes)
-
-
-TRACE_FACTOR = 256  # trace shapes on meta tensors once the input times this could fill memory
-
-
-def model_estimate(model: torch.nn.Module, shapes: list[tuple[int, ...]]) -> tuple[int, str]:
-    """(bytes, explanation) a real forward of ``model`` on inputs of ``shapes`` allocates beyond
-    its (already allocated) weights: the inputs plus the largest module's input + output.
-
-    The shapes come from a forward on meta tensors (nothing allocated) when the input is large
-    enough that its activations could fill memory (``TRACE_FACTOR`` x the input exceeds the
-    available memory): a 3 -> 512 conv on a 4096 x 4096 image makes a 34 GB output from a
-    201 MB input. Otherwise (and for a model that cannot run on meta tensors) 3 x the input."""
-    inputs = tensor_estimate(shapes)
-    cheap = (3 * inputs, f"input {', '.join('x'.join(map(str, s)) for s in shapes)} and its "
-             "first activations")
-    avail = available_host_bytes()
-    if avail is None or inputs * TRACE_FACTOR <= avail:
-        return cheap
-    from convcost.counting.meta import MetaCountError, count_on_meta
-
-    try:
-        records = count_on_meta(model, shapes)[3]
-    except MetaCountError:
-        return cheap
-    peak, where = 0, ""
-    for name, r in records.items():
-        live = 4 * (_numel(r.in_shape or []) + _numel(r.out_shape or [])) if r.out_shape else 0
-        if live > peak or (live == peak and name):  # the innermost module of a tie
-            peak, where = live, name
-    if peak <= 2 * inputs:
-        return cheap
-    return inputs + peak, (f"input {fmt_bytes(inputs)} + the largest activation, "
-                           f"{fmt_bytes(peak)} in module '{where}' (shapes traced on meta "
-                           "tensors)")

@@ -62,6 +62,14 @@ def in_process_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def generous_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timed commands get a time budget no loaded machine runs out of (the default, 40 s, can
+    be spent by a few kernels beside two busy processes); tests of the budget itself give
+    --time-budget explicitly, which wins. Subprocesses inherit it."""
+    monkeypatch.setenv("CONVCOST_TIME_BUDGET", "600")
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own cache directory (latency table, peaks): no test reuses another's
     measurements and the user's ~/.cache is never touched. Subprocesses inherit it."""
@@ -82,3 +90,13 @@ def stored_row(key: str, label: str = "Conv2d(8, 8, kernel_size=(3, 3))", median
            "measured_at": "2026-11-23T00:00:00+00:00", "convcost": "0.1.0"}
     row.update(changes)
     return row
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a convcost subprocess that a test signals: SIGINT and SIGTERM at
+    their defaults, whatever the test runner inherited (a background job of a non-interactive
+    shell starts with SIGINT ignored, and Python keeps an inherited SIG_IGN)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from convcost.cli import cli
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, default_signals
 
 CORPUS = ROOT / "tests" / "bad_inputs"
 PT2 = CORPUS / "pt2"
@@ -294,7 +294,7 @@ def test_sigterm_keeps_finished_rows_and_exits_143(tmp_path):
                           f"{ROOT}/tests/fixtures/faulty.py:SlowNet", "--input-shape", "1,4,8,8",
                           "--groups", "2", "--variants", "grouped", "--max-time", "3",
                           "-f", "json", "-o", str(out)], env=e, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     try:
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline and p.poll() is None:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from convcost.cli import cli
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, default_signals
 
 TINYNET = f"{EXAMPLES / 'models.py'}:TinyNet"
 
@@ -226,7 +226,8 @@ def test_sigkilled_convcost_takes_the_model_process_with_it(procnets):
     pids = procnets / "pids"
     p = subprocess.Popen([sys.executable, "-m", "convcost", "analyze", "--no-time",
                           f"{procnets / 'procnets.py'}:Spin", "--timeout", "600"],
-                         env=_env(pids), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         env=_env(pids), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=default_signals)
     try:
         model = _pids(pids, "forward")[0]
         assert model != p.pid
@@ -251,7 +252,7 @@ def test_a_model_that_ignores_signals_is_ended(procnets, sig, code, word):
     p = subprocess.Popen([sys.executable, "-m", "convcost", "analyze", "--no-time",
                           f"{procnets / 'procnets.py'}:Stubborn", "--timeout", "600"],
                          env=_env(pids), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=default_signals)
     try:
         model = _pids(pids, "forward")[0]
         time.sleep(0.2)  # the forward has set SIG_IGN by the time it noted itself

@@ -27,7 +27,7 @@ from convcost.timing.harness import (
     measure_one,
     summarize,
 )
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, default_signals
 
 FAULTY = ROOT / "tests" / "fixtures" / "faulty.py"
 FAST = ["--max-time", "0.05"]
@@ -248,7 +248,8 @@ def test_sigint_keeps_finished_rows(tmp_path, to_file):
     p = subprocess.Popen([sys.executable, "-m", "convcost", "compare", f"{FAULTY}:SlowNet",
                           "--input-shape", "1,4,8,8", "--groups", "2", "--variants", "grouped",
                           "--max-time", "3", "-f", "json", *(["-o", str(out)] if to_file else [])],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=default_signals)
     try:
         deadline = time.time() + 60
         while not marker.exists() and time.time() < deadline and p.poll() is None:

@@ -218,7 +218,7 @@ def test_conv1d_models_are_compared_and_transposed_convs_listed():
 
 def test_meta_prefetch_counts_equal_fvcore_per_layer_counts(monkeypatch):
     """A model counted on meta tensors gets its layers' variants counted in one meta pass
-    (``_Counter.prefetch``, no fvcore trace per module): every figure equals fvcore's trace of
+    (``VariantCounter.prefetch``, no fvcore trace per module): every figure equals fvcore's trace of
     each module alone."""
     import convcost.variants.compare as cmp
 

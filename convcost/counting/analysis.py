@@ -30,7 +30,7 @@ from convcost.counting.inventory import (
     record_modules,
     uncalled_modules,
 )
-from convcost.errors import ModelError
+from convcost.errors import ModelError, first_line
 
 SCHEMA_VERSION = 1
 
@@ -372,8 +372,7 @@ def _missed_by_trace(model: nn.Module, records: dict[str, ModuleRecord], counts:
 
 
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0] if s else type(e).__name__
+    return first_line(e, with_type=False)
 
 
 def _where(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Closed-form parameter and MAC counts for 2-D convolutions (DESIGN.md section 2).
+"""Closed-form parameter and MAC counts for 2-D convolutions (the formulas in docs/architecture.md).
 
 Conventions: a MAC is one fused multiply-add; FLOPs = 2 x MACs. ``h_out``/``w_out`` are the
 *output* spatial sizes. Bias adds ``out`` parameters and no MACs (fvcore's convention).
@@ -52,11 +52,3 @@ def gdc_macs(channels: int, h: int, w: int, batch: int = 1) -> int:
     return batch * channels * h * w
 
 
-def linear_macs(fin: int, fout: int, batch: int = 1) -> int:
-    """Fully connected layer MACs (bias not counted)."""
-    return batch * fin * fout
-
-
-def shuffle_moved_elements(batch: int, channels: int, h: int, w: int) -> int:
-    """Channel shuffle: 0 MACs, but reads and writes every element once: ``2 * B * C * H * W``."""
-    return 2 * batch * channels * h * w

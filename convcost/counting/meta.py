@@ -20,6 +20,7 @@ count on real tensors instead.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED, TORCH_FUNCTIONS
 from convcost.counting.inventory import ModuleRecord, ParamUse, ShapeRecorder, eval_mode
+from convcost.errors import first_line
 
 META = "meta tensors"
 
@@ -216,8 +218,7 @@ def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
 
 
 def _first(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+    return first_line(e, 200)
 
 
 def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
@@ -249,3 +250,40 @@ def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
     finally:
         torch.autograd.Function.apply = saved  # type: ignore[method-assign]
     return dict(tally.by_module), dict(tally.by_operator), dict(tally.unsupported)
+
+
+# --------------------------------------------------------------------------- memory
+
+TRACE_FACTOR = 256  # trace shapes on meta tensors once the input times this could fill memory
+
+
+def model_estimate(model: nn.Module, shapes: list[tuple[int, ...]]) -> tuple[int, str]:
+    """(bytes, explanation) a real forward of ``model`` on inputs of ``shapes`` allocates beyond
+    its (already allocated) weights: the inputs plus the largest module's input + output.
+
+    The shapes come from a forward on meta tensors (nothing allocated) when the input is large
+    enough that its activations could fill memory (``TRACE_FACTOR`` x the input exceeds the
+    available memory): a 3 -> 512 conv on a 4096 x 4096 image makes a 34 GB output from a
+    201 MB input. Otherwise (and for a model that cannot run on meta tensors) 3 x the input."""
+    from convcost.memory import available_host_bytes, fmt_bytes, tensor_estimate
+
+    inputs = tensor_estimate(shapes)
+    cheap = (3 * inputs, f"input {', '.join('x'.join(map(str, s)) for s in shapes)} and its "
+             "first activations")
+    avail = available_host_bytes()
+    if avail is None or inputs * TRACE_FACTOR <= avail:
+        return cheap
+    try:
+        records = count_on_meta(model, shapes)[3]
+    except MetaCountError:
+        return cheap
+    peak, where = 0, ""
+    for name, r in records.items():
+        live = 4 * (math.prod(r.in_shape or []) + math.prod(r.out_shape or [])) if r.out_shape else 0
+        if live > peak or (live == peak and name):  # the innermost module of a tie
+            peak, where = live, name
+    if peak <= 2 * inputs:
+        return cheap
+    return inputs + peak, (f"input {fmt_bytes(inputs)} + the largest activation, "
+                           f"{fmt_bytes(peak)} in module '{where}' (shapes traced on meta "
+                           "tensors)")

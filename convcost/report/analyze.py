@@ -235,7 +235,7 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
 
 
 def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str, Any]:
-    """The JSON contract of DESIGN.md section 5 (plus extra fields)."""
+    """The JSON contract (docs/json.md), plus extra fields."""
     shapes = report.input_shapes
     d: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -19,7 +19,7 @@ _VERDICT_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip":
 
 
 def _limit_text(r: Any) -> str:
-    from convcost.budget import fmt_metric
+    from convcost.check.verdicts import fmt_metric
 
     if r.limit is None:
         return "-"
@@ -33,7 +33,7 @@ def _limit_text(r: Any) -> str:
 def budget_renderables(report: Any, width: int | None = None) -> list[RenderableType]:
     """The verdict table (fitted to ``width``), one line per failure, warning, error and skip
     reason, the notices and the summary."""
-    from convcost.budget import fmt_metric
+    from convcost.check.verdicts import fmt_metric
 
     cols = [Col("check", "left", 100), Col("metric", "left", 100), Col("scope", "left", 40),
             Col("actual", "right", 90), Col("limit", "left", 80), Col("headroom", "right", 70),
@@ -109,7 +109,7 @@ def budget_junit(report: Any) -> str:
     system-out), as CI systems read it."""
     import xml.etree.ElementTree as ET
 
-    from convcost.budget import fmt_metric
+    from convcost.check.verdicts import fmt_metric
 
     suite = ET.Element("testsuite", name="convcost", tests=str(len(report.results)),
                        failures=str(len(report.failed)),
@@ -135,7 +135,7 @@ def budget_junit(report: Any) -> str:
 
 
 def budget_markdown(report: Any) -> str:
-    from convcost.budget import fmt_metric
+    from convcost.check.verdicts import fmt_metric
 
     icon = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip",
             "error": "**ERROR**"}

@@ -158,88 +158,108 @@ def _any_latency(report: Any) -> bool:
     return any(r.latency_ms is not None for r in rows)
 
 
+class _View:
+    """What every compare table shares: whether it is timed, the backends, their columns and
+    cells, and the footnotes."""
+
+    def __init__(self, report: Any) -> None:
+        self.timed = _any_latency(report)
+        self.bn = backend_names(report)
+        self.extra = [b for b in self.bn[1:] if b is not None]
+        self.suffix = f" {self.bn[0]}" if self.bn[0] is not None else ""
+        self.notes = Notes()
+
+    def extra_cols(self) -> list[Col]:
+        return [c for b in self.extra for c in (Col(f"latency {b}", "right", 74),
+                                                Col(f"latency ratio {b}", "right", 65))]
+
+    def extra_cells(self, r: Any, first: bool) -> list[str]:
+        return [c for b in self.extra for c in (_latency_cell(r.on(b)),
+                                                "" if first else _ratio_cell(r.on(b)))]
+
+    def tail(self, r: Any, first: bool) -> list[str]:
+        """The headline and notes cells."""
+        return ["baseline" if first else _headline(r, self.bn), self.notes.ref(_notes(r, self.bn))]
+
+
+def _layer_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[str]]:
+    """Per-layer variant rows (the layer's original first), one section per layer."""
+    title = (f"convcost compare: {report.name}" if not report.is_model
+             else f"convcost compare: {report.name}, per layer")
+    all_rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
+    tcols, roof, peaks = timing_cols(all_rows, v.timed, label=f"latency{v.suffix}")
+    cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
+            if report.is_model else [])
+    cols += [Col("variant", "left", 100), Col("params", "right", 62),
+             Col("MACs", "right", 88), Col("FLOPs", "right", 10),
+             Col("params ratio", "right", 52), Col("analytic", "right", 72),
+             Col("formula", "left", 30), *tcols]
+    if v.timed:
+        cols += [Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
+    cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
+    rows: list[list[str]] = []
+    sections = []
+    for lc in report.layers:
+        if report.is_model and rows:
+            sections.append(len(rows))
+        for r, label in _merged([lc.baseline, *lc.rows]):
+            first = r is lc.baseline
+            cells = [label, human(r.params), human(r.macs), human(r.flops),
+                     fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
+            if report.is_model:
+                cells = [lc.name if first else "", lc.layer.describe() if first else "", *cells]
+            if v.timed:
+                cells += [_latency_cell(r), iqr_cell(r.timing)]
+            if roof:
+                cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+            if v.timed:
+                cells += ["" if first else _ratio_cell(r), *v.extra_cells(r, first)]
+            rows.append(cells + v.tail(r, first))
+    return fit_table(cols, rows, width=width, title=title, sections=sections)
+
+
+def _model_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[str]]:
+    """Whole-model rows: the model with each variant substituted for the selected convs."""
+    cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
+            Col("params", "right", 62), Col("MACs", "right", 88),
+            Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
+            Col("analytic (convs)", "right", 72)]
+    if v.timed:
+        cols += [Col(f"latency{v.suffix}", "right", 75), Col("±IQR", "right", 35),
+                 Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
+    cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
+    rows = []
+    for r in [report.model_baseline, *report.model_rows]:
+        base = r is report.model_baseline
+        cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
+                 human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
+                 fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
+        if v.timed:
+            cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r),
+                      *v.extra_cells(r, base)]
+        rows.append(cells + v.tail(r, base))
+    return fit_table(cols, rows, width=width,
+                     title=f"convcost compare: {report.name}, whole model "
+                           f"({len(report.layers)} selected convs substituted)")
+
+
 def compare_renderables(report: Any, *, per_layer: bool = True,
                         width: int | None = None) -> list[RenderableType]:
     """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE), fitted to
     ``width`` (None: every column); notes as numbered footnotes below. With several backends,
     a latency and a latency-ratio column per backend."""
-    timed = _any_latency(report)
-    bn = backend_names(report)
-    extra = [b for b in bn[1:] if b is not None]
-    suffix = f" {bn[0]}" if bn[0] is not None else ""
-    notes = Notes()
+    v = _View(report)
+    notes = v.notes
     dropped: list[str] = []
     out: list[RenderableType] = []
-
-    def extra_cols() -> list[Col]:
-        return [c for b in extra for c in (Col(f"latency {b}", "right", 74),
-                                           Col(f"latency ratio {b}", "right", 65))]
-
-    def extra_cells(r: Any, first: bool) -> list[str]:
-        return [c for b in extra for c in (_latency_cell(r.on(b)),
-                                           "" if first else _ratio_cell(r.on(b)))]
-
     if per_layer or not report.is_model:
-        title = (f"convcost compare: {report.name}" if not report.is_model
-                 else f"convcost compare: {report.name}, per layer")
-        all_rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
-        tcols, roof, peaks = timing_cols(all_rows, timed, label=f"latency{suffix}")
-        cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
-                if report.is_model else [])
-        cols += [Col("variant", "left", 100), Col("params", "right", 62),
-                 Col("MACs", "right", 88), Col("FLOPs", "right", 10),
-                 Col("params ratio", "right", 52), Col("analytic", "right", 72),
-                 Col("formula", "left", 30), *tcols]
-        if timed:
-            cols += [Col(f"latency ratio{suffix}", "right", 66), *extra_cols()]
-        cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
-        rows, sections = [], []
-        for lc in report.layers:
-            if report.is_model and rows:
-                sections.append(len(rows))
-            for r, label in _merged([lc.baseline, *lc.rows]):
-                first = r is lc.baseline
-                cells = [label, human(r.params), human(r.macs), human(r.flops),
-                         fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
-                if report.is_model:
-                    cells = [lc.name if first else "", lc.layer.describe() if first else "",
-                             *cells]
-                if timed:
-                    cells += [_latency_cell(r), iqr_cell(r.timing)]
-                if roof:
-                    cells += roof_cells((r.timing or {}).get("roofline"), peaks)
-                if timed:
-                    cells += ["" if first else _ratio_cell(r), *extra_cells(r, first)]
-                cells += ["baseline" if first else _headline(r, bn), notes.ref(_notes(r, bn))]
-                rows.append(cells)
-        t, d = fit_table(cols, rows, width=width, title=title, sections=sections)
+        t, d = _layer_table(report, v, width)
         out += [t, rich_text(f"source {report.source}  |  ratios to the layer as it is ('original')")]
         dropped += d
     if report.is_model:
-        cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
-                Col("params", "right", 62), Col("MACs", "right", 88),
-                Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
-                Col("analytic (convs)", "right", 72)]
-        if timed:
-            cols += [Col(f"latency{suffix}", "right", 75), Col("±IQR", "right", 35),
-                     Col(f"latency ratio{suffix}", "right", 66), *extra_cols()]
-        cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
-        rows = []
-        for r in [report.model_baseline, *report.model_rows]:
-            base = r is report.model_baseline
-            cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
-                     human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
-                     fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
-            if timed:
-                cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r),
-                          *extra_cells(r, base)]
-            cells += ["baseline" if base else _headline(r, bn), notes.ref(_notes(r, bn))]
-            rows.append(cells)
-        m, d = fit_table(cols, rows, width=width,
-                         title=f"convcost compare: {report.name}, whole model "
-                               f"({len(report.layers)} selected convs substituted)")
+        m, d = _model_table(report, v, width)
         out += [m, rich_text("analytic: closed form over the selected convs only; ratios: the whole "
-                        "model counted by fvcore")]
+                             "model counted by fvcore")]
         dropped += [x for x in d if x not in dropped]
     out.extend(notes.lines())
     out.extend(dropped_line(dropped))
@@ -327,7 +347,7 @@ def _layer_info(lc: Any) -> dict[str, Any]:
 
 
 def compare_dict(report: Any) -> dict[str, Any]:
-    """The compare JSON contract of DESIGN.md section 5 (plus extra fields)."""
+    """The compare JSON contract (docs/json.md), plus extra fields."""
     d: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tool": report_meta(),
                          "source": report.source, "name": report.name,
                          "conventions": COMPARE_CONVENTIONS, "dtype": report.dtype}

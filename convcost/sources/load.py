@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.errors import InputError, ModelError
+from convcost.errors import InputError, ModelError, first_line
 from convcost.sources.spec import Spec, build_model, load_spec
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -67,7 +67,8 @@ class Loaded:
 
     def guard_memory(self, what: str = "a real forward") -> None:
         """Refuse (exit 2) a real forward that would not fit in memory, before allocating."""
-        from convcost.memory import guard, model_estimate, tensor_estimate
+        from convcost.counting.meta import model_estimate
+        from convcost.memory import guard, tensor_estimate
         from convcost.sources.spec import memory_estimate
 
         if self.spec is not None:
@@ -397,5 +398,4 @@ def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True)
 
 
 def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+    return first_line(e)

@@ -157,7 +157,7 @@ class Spec:
 # --------------------------------------------------------------------------- parsing
 
 
-class _Ctx:
+class SpecContext:
     """Where we are in the file, to build precise one-line errors."""
 
     def __init__(self, file: str) -> None:
@@ -183,7 +183,7 @@ def _describe(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def _int(ctx: _Ctx, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1) -> int:
+def _int(ctx: SpecContext, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ctx.err(f"value {_describe(v)} must be an integer >= {minimum}", node=node, key=key,
                       layer=layer)
@@ -195,7 +195,7 @@ def _int(ctx: _Ctx, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1
     return v
 
 
-def _pair(ctx: _Ctx, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1) -> tuple[int, int]:
+def _pair(ctx: SpecContext, v: Any, key: str, node: Any, layer: str, *, minimum: int = 1) -> tuple[int, int]:
     if isinstance(v, list):
         if len(v) != 2:
             raise ctx.err(f"value {_describe(v)} must be an integer or a pair [h, w]", node=node,
@@ -206,13 +206,13 @@ def _pair(ctx: _Ctx, v: Any, key: str, node: Any, layer: str, *, minimum: int = 
     return (x, x)
 
 
-def _bool(ctx: _Ctx, v: Any, key: str, node: Any, layer: str) -> bool:
+def _bool(ctx: SpecContext, v: Any, key: str, node: Any, layer: str) -> bool:
     if not isinstance(v, bool):
         raise ctx.err(f"value {_describe(v)} must be true or false", node=node, key=key, layer=layer)
     return v
 
 
-def _shape(ctx: _Ctx, v: Any, key: str, node: Any, layer: str | None) -> Shape:
+def _shape(ctx: SpecContext, v: Any, key: str, node: Any, layer: str | None) -> Shape:
     if (
         not isinstance(v, list)
         or len(v) != 3
@@ -229,14 +229,14 @@ def _shape(ctx: _Ctx, v: Any, key: str, node: Any, layer: str | None) -> Shape:
     return tuple(v)
 
 
-def _check_keys(ctx: _Ctx, d: dict, allowed: tuple[str, ...], what: str, layer: str | None) -> None:
+def _check_keys(ctx: SpecContext, d: dict, allowed: tuple[str, ...], what: str, layer: str | None) -> None:
     for k in d:
         if k not in allowed:
             raise ctx.err(f"unknown key in {what}; allowed: {', '.join(allowed)}", node=d,
                           key=str(k), layer=layer)
 
 
-def _op_args(ctx: _Ctx, raw: dict, op: str, label: str, allowed: tuple[str, ...]) -> dict:
+def _op_args(ctx: SpecContext, raw: dict, op: str, label: str, allowed: tuple[str, ...]) -> dict:
     """The mapping under an op key; ``null``/``true``/``{}`` mean "no options"."""
     v = raw[op]
     if v is None or v is True:
@@ -250,7 +250,7 @@ def _op_args(ctx: _Ctx, raw: dict, op: str, label: str, allowed: tuple[str, ...]
     return v
 
 
-def _need_map(ctx: _Ctx, shape: Shape, label: str, op: str, node: Any) -> None:
+def _need_map(ctx: SpecContext, shape: Shape, label: str, op: str, node: Any) -> None:
     if len(shape) != 3:
         raise ctx.err(f"'{op}' needs a C x H x W input but the previous layer gives a flat "
                       f"{shape[0]}-vector (remove the 'flatten' or move it after this layer)",
@@ -261,7 +261,7 @@ _OPS = ("conv", "bn", "act", "pool", "linear", "flatten", "channel_shuffle", "ad
 # (the registry below, SPEC_OPS, holds exactly these, in this order for messages)
 
 
-def _parse_layer(ctx: _Ctx, raw: Any, path: str, index: int, in_shape: Shape | None,
+def _parse_layer(ctx: SpecContext, raw: Any, path: str, index: int, in_shape: Shape | None,
                  names: dict[str, str], counters: dict[str, int], top: bool) -> Layer:
     ctx.count += 1
     if ctx.count > MAX_LAYERS:
@@ -319,7 +319,7 @@ def _parse_layer(ctx: _Ctx, raw: Any, path: str, index: int, in_shape: Shape | N
 # mapping against the incoming per-sample shape and returns (op, out_shape); a builder makes
 # the nn.Module; ``children`` lists a block's nested layer lists (for :func:`iter_layers`).
 
-Parser = Callable[["_Ctx", dict, str, str, Shape], tuple["Op", Shape]]
+Parser = Callable[["SpecContext", dict, str, str, Shape], tuple["Op", Shape]]
 Builder = Callable[["Layer"], nn.Module]
 
 
@@ -343,7 +343,7 @@ def spec_op(name: str, build: Builder,
     return register
 
 
-def _conv_padding(ctx: _Ctx, a: dict, k: tuple[int, int], d: tuple[int, int],
+def _conv_padding(ctx: SpecContext, a: dict, k: tuple[int, int], d: tuple[int, int],
                   label: str) -> tuple[int, int]:
     """None -> dilation * (k - 1) // 2; 'same' (odd kernels); 'valid' -> 0; an int or [h, w]."""
     pv = a.get("padding")
@@ -360,7 +360,7 @@ def _conv_padding(ctx: _Ctx, a: dict, k: tuple[int, int], d: tuple[int, int],
     return _pair(ctx, pv, "padding", a, label, minimum=0)
 
 
-def _window_out(ctx: _Ctx, a: dict, in_shape: Shape, k: tuple[int, int], s: tuple[int, int],
+def _window_out(ctx: SpecContext, a: dict, in_shape: Shape, k: tuple[int, int], s: tuple[int, int],
                 p: tuple[int, int], d: tuple[int, int] | None, label: str) -> tuple[int, int]:
     """Output H x W of a conv window (``d`` its dilation) or a pool window (``d`` None); a
     collapse to nothing is an error naming the window."""
@@ -382,7 +382,7 @@ def _build_conv(layer: Layer) -> nn.Module:
 
 
 @spec_op("conv", _build_conv)
-def _parse_conv(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+def _parse_conv(ctx: SpecContext, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
     a = _op_args(ctx, raw, "conv", label, ("in", "out", "kernel", "stride", "padding",
                                            "dilation", "groups", "bias"))
     for req in ("out", "kernel"):
@@ -415,13 +415,13 @@ def _build_bn(layer: Layer) -> nn.Module:
 
 
 @spec_op("bn", _build_bn)
-def _parse_bn(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+def _parse_bn(ctx: SpecContext, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
     _op_args(ctx, raw, "bn", label, ())
     return BNOp(in_shape[0]), in_shape
 
 
 @spec_op("act", lambda layer: ACTIVATIONS[layer.op.kind]())
-def _parse_act(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+def _parse_act(ctx: SpecContext, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
     v = raw["act"]
     if isinstance(v, dict):
         _check_keys(ctx, v, ("type",), "'act'", label)
@@ -441,7 +441,7 @@ def _build_pool(layer: Layer) -> nn.Module:
 
 
 @spec_op("pool", _build_pool)
-def _parse_pool(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+def _parse_pool(ctx: SpecContext, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
     a = _op_args(ctx, raw, "pool", label, ("type", "kernel", "stride", "padding", "global"))
     _need_map(ctx, in_shape, label, "pool", raw)
     glob = _bool(ctx, a.get("global", False), "global", a, label)
@@ -470,7 +470,7 @@ def _parse_pool(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) ->
 
 @spec_op("linear", lambda layer: nn.Linear(layer.op.in_features, layer.op.out_features,
                                            layer.op.bias))
-def _parse_linear(ctx: _Ctx, raw: dict, label: str, path: str,
+def _parse_linear(ctx: SpecContext, raw: dict, label: str, path: str,
                   in_shape: Shape) -> tuple[Op, Shape]:
     a = _op_args(ctx, raw, "linear", label, ("in", "out", "bias"))
     if len(in_shape) != 1:
@@ -488,14 +488,14 @@ def _parse_linear(ctx: _Ctx, raw: dict, label: str, path: str,
 
 
 @spec_op("flatten", lambda layer: nn.Flatten(1))
-def _parse_flatten(ctx: _Ctx, raw: dict, label: str, path: str,
+def _parse_flatten(ctx: SpecContext, raw: dict, label: str, path: str,
                    in_shape: Shape) -> tuple[Op, Shape]:
     _op_args(ctx, raw, "flatten", label, ())
     return FlattenOp(), (math.prod(in_shape),)
 
 
 @spec_op("channel_shuffle", lambda layer: ChannelShuffle(layer.op.groups))
-def _parse_shuffle(ctx: _Ctx, raw: dict, label: str, path: str,
+def _parse_shuffle(ctx: SpecContext, raw: dict, label: str, path: str,
                    in_shape: Shape) -> tuple[Op, Shape]:
     v = raw["channel_shuffle"]
     node, key = raw, "channel_shuffle"
@@ -520,7 +520,7 @@ def _build_add(layer: Layer) -> nn.Module:
 
 
 @spec_op("add", _build_add, children=lambda op: [op.body, op.shortcut])
-def _parse_add(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
+def _parse_add(ctx: SpecContext, raw: dict, label: str, path: str, in_shape: Shape) -> tuple[Op, Shape]:
     a = _op_args(ctx, raw, "add", label, ("layers", "shortcut"))
     body = _parse_list(ctx, a.get("layers"), f"{path}.add.layers", in_shape, a, "layers", label,
                        required=True)
@@ -539,7 +539,7 @@ def _parse_add(ctx: _Ctx, raw: dict, label: str, path: str, in_shape: Shape) -> 
 @spec_op("concat", lambda layer: ConcatBlock([_seq(b) if b else nn.Identity()
                                               for b in layer.op.branches]),
          children=lambda op: list(op.branches))
-def _parse_concat(ctx: _Ctx, raw: dict, label: str, path: str,
+def _parse_concat(ctx: SpecContext, raw: dict, label: str, path: str,
                   in_shape: Shape) -> tuple[Op, Shape]:
     a = _op_args(ctx, raw, "concat", label, ("branches",))
     br = a.get("branches")
@@ -556,7 +556,7 @@ def _parse_concat(ctx: _Ctx, raw: dict, label: str, path: str,
     return ConcatOp(branches), (sum(o[0] for o in outs), *outs[0][1:])
 
 
-def _parse_op(ctx: _Ctx, raw: dict, op: str, label: str, path: str,
+def _parse_op(ctx: SpecContext, raw: dict, op: str, label: str, path: str,
               in_shape: Shape | None) -> tuple[Op, Shape, Shape]:
     """Validate one op through its registered parser: (op, out_shape, in_shape used)."""
     if in_shape is None:
@@ -580,7 +580,7 @@ def iter_layers(layers: list[Layer]) -> Iterator[Layer]:
             stack.extend(reversed(sub))
 
 
-def _parse_list(ctx: _Ctx, raw: Any, path: str, in_shape: Shape, parent: Any, key: str,
+def _parse_list(ctx: SpecContext, raw: Any, path: str, in_shape: Shape, parent: Any, key: str,
                 label: str, *, required: bool) -> list[Layer]:
     if raw is None:
         raw = []
@@ -609,7 +609,7 @@ def _common_divisors(a: int, b: int) -> str:
 
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate already-loaded YAML data (see :func:`load_spec`)."""
-    ctx = _Ctx(source)
+    ctx = SpecContext(source)
     if not isinstance(data, dict):
         raise ctx.err(f"a spec must be a mapping with keys {', '.join(TOP_KEYS)}; got "
                       f"{type(data).__name__}")

@@ -29,6 +29,7 @@ import torch
 
 from convcost import __version__
 from convcost.timing import backends
+from convcost.timing.defaults import DEFAULT_BUDGET_S
 from convcost.timing.device import fingerprint, numerics
 from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_group
 from convcost.timing.kernel import Kernel, kernel_key
@@ -37,7 +38,6 @@ from convcost.timing.table import LatencyTable, now_iso
 
 MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING = (
     "measured", "cached", "same", "failed", "budget", "interrupted", "pending")
-DEFAULT_BUDGET_S = 40.0
 CPU_MACS_PER_S = 3e10  # rough speeds, only to split the budget before a kernel's first call
 CUDA_MACS_PER_S = 2e13
 CALL_OVERHEAD_S = 2e-5

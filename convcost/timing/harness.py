@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from convcost.errors import first_line
 from convcost.timing.device import Numerics, numerics
 from convcost.timing.stats import rel_iqr, round_ratios, summarize
 
@@ -161,8 +162,7 @@ def error_text(e: BaseException) -> str:
     """One line for a failed callable: 'out of memory', or 'Type: first line'."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return "out of memory"
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+    return first_line(e, 300)
 
 
 class Bench:
@@ -343,6 +343,8 @@ class GroupResult:
     stopped_by_deadline: bool = False
 
 
+# long: the interleaved-rounds loop keeps its stop rules, finishing and deadline in one
+# place, over shared round state; split up, each part would need all of that state passed in
 def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: float | None = None,
                   on_done: Callable[[int, Measurement], None] | None = None,
                   before_sampling: Callable[[Sequence[Bench]], None] | None = None) -> GroupResult:
@@ -406,8 +408,9 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
             if results[i] is None and i != (0 if base is not None else -1) and var_done(i):
                 finish(i)
         if base is not None and results[0] is None and all(
-                results[i] is not None for i in range(1, n)):
-            finish(0)
+                results[i] is not None for i in range(1, n)) and (
+                base.error is not None or len(base.samples) >= base.cfg.min_samples):
+            finish(0)  # with its variants, once it has its own sample minimum
         active = [i for i in range(n) if results[i] is None]
         if not active:
             break

@@ -2,7 +2,7 @@
 output shapes.
 
 Each variant is a small named builder returning real modules, with its closed-form weight count
-and MAC count (DESIGN.md section 2). Conventions: MACs at the layer's *output* size H' x W', bias
+and MAC count (docs/architecture.md). Conventions: MACs at the layer's *output* size H' x W', bias
 adds ``out`` params and no MACs; closed forms below are exact for the modules built here.
 
 | variant            | module                                          | weights            | vs dense    |

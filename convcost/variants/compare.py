@@ -21,6 +21,7 @@ from torch import nn
 from convcost.counting.analysis import LayerRow, analyze_model, random_inputs
 from convcost.counting.counters import META, count_fvcore, count_meta
 from convcost.counting.meta import MetaCountError
+from convcost.errors import first_line
 from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
@@ -146,7 +147,7 @@ class CompareReport:
         return self.model_baseline is not None
 
 
-class _Counter:
+class VariantCounter:
     """fvcore counts of single modules, cached by (layer, variant): a model repeats shapes.
 
     A conv's MACs are linear in the batch (B x H' x W' x K^2 x C/g x N), so each module is
@@ -210,10 +211,10 @@ def _ratio(a: int | None, b: int | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter: _Counter | None = None,
+def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter: VariantCounter | None = None,
                   original: nn.Module | None = None) -> LayerCompare:
     """Count every variant of one conv and its ratios to the layer as it is."""
-    counter = counter or _Counter()
+    counter = counter or VariantCounter()
     orig_mod = original if original is not None else conv_module(layer)
     bp, bm = counter.count(layer, None, orig_mod)
     base_cf = original_closed_form(layer)
@@ -237,8 +238,7 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
         try:
             p, m = counter.count(layer, v, module)
         except Exception as e:  # fvcore failed on this variant: report it, go on
-            first = str(e).splitlines()[0] if str(e) else ""
-            row.skipped = f"could not be counted: {type(e).__name__}: {first}"
+            row.skipped = f"could not be counted: {first_line(e)}"
             rows.append(row)
             continue
         cf = closed_form(layer, v)
@@ -337,6 +337,36 @@ def with_replacements(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
     return root
 
 
+def _nothing_selected(globs: tuple[str, ...], kernel_sizes: tuple[int, ...],
+                      not_substituted: list[str]) -> str:
+    what = []
+    if globs:
+        what.append(f"--layers {','.join(globs)}")
+    if kernel_sizes:
+        what.append(f"--kernel-size {','.join(map(str, kernel_sizes))}")
+    left = f" ({'; '.join(not_substituted)})" if not_substituted else ""
+    return ("no Conv1d/Conv2d/Conv3d layer matches "
+            + (" and ".join(what) if what else "in this model") + left)
+
+
+def _prefetch_on_meta(counter: Any, selected: list[Any], modules: dict[str, nn.Module],
+                      variant_names: tuple[str, ...], groups: tuple[int, ...] | None) -> None:
+    """Count the variants of every selected conv in one meta pass (not one trace each)."""
+    items: list[tuple[ConvLayer, Variant | None, nn.Module]] = []
+    for r in selected:
+        layer = ConvLayer.from_module(modules[r.name], r.in_shape)
+        items.append((layer, None, modules[r.name]))
+        gs = tuple(groups) if groups is not None else tuple(valid_groups(layer))
+        for v in expand_variants(variant_names, gs):
+            if same_as_original(layer, v) or (v.name == DENSE and layer.groups == 1):
+                continue
+            try:
+                items.append((layer, v, counter.build(layer, v)))
+            except Skip:
+                continue
+    counter.prefetch(items)
+
+
 def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   variant_names: tuple[str, ...], groups: tuple[int, ...] | None,
                   globs: tuple[str, ...] = (), kernel_sizes: tuple[int, ...] = (),
@@ -373,29 +403,10 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     selected, not_substituted = select_convs(analysis.layers, modules, globs, kernel_sizes)
     notes = [f"not substituted: {x}" for x in not_substituted]
     if not selected:
-        what = []
-        if globs:
-            what.append(f"--layers {','.join(globs)}")
-        if kernel_sizes:
-            what.append(f"--kernel-size {','.join(map(str, kernel_sizes))}")
-        left = f" ({'; '.join(not_substituted)})" if not_substituted else ""
-        raise Skip("no Conv1d/Conv2d/Conv3d layer matches "
-                   + (" and ".join(what) if what else "in this model") + left)
-    counter = _Counter()
+        raise Skip(_nothing_selected(globs, kernel_sizes, not_substituted))
+    counter = VariantCounter()
     if how == META:  # the variants of every selected conv, counted in one meta pass
-        items: list[tuple[ConvLayer, Variant | None, nn.Module]] = []
-        for r in selected:
-            layer = ConvLayer.from_module(modules[r.name], r.in_shape)
-            items.append((layer, None, modules[r.name]))
-            gs = tuple(groups) if groups is not None else tuple(valid_groups(layer))
-            for v in expand_variants(variant_names, gs):
-                if same_as_original(layer, v) or (v.name == DENSE and layer.groups == 1):
-                    continue
-                try:
-                    items.append((layer, v, counter.build(layer, v)))
-                except Skip:
-                    continue
-        counter.prefetch(items)
+        _prefetch_on_meta(counter, selected, modules, variant_names, groups)
     layers: list[LayerCompare] = []
     union_groups: list[int] = []
     for r in selected:

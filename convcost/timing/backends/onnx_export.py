@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from convcost.errors import first_line
+
 OPSET = 17
 
 
@@ -77,8 +79,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def _line(e: BaseException | None) -> str:
     if e is None:
         return ""
-    msg = _ANSI.sub("", str(e)).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:200]
+    return _ANSI.sub("", first_line(e, 400))[:200]
 
 
 @contextlib.contextmanager

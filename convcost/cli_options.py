@@ -1,0 +1,218 @@
+"""The command line's option types and shared options: each ParamType converts and validates
+one option's text (click's ``ParamType.convert``), each decorator adds a group of options, and
+:func:`timing_request` turns the timing options into a :class:`~convcost.jobs.TimingRequest`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from convcost.errors import InputError
+from convcost.timing.defaults import DEFAULT_BUDGET_S
+
+
+class ShapeType(click.ParamType):
+    """``1,3,224,224`` -> (1, 3, 224, 224): positive integers."""
+
+    name = "B,C,H,W"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = re.split(r"[,x]", str(value).strip())
+        try:
+            dims = tuple(int(x) for x in parts)  # an empty part ("1,,3") is an error too
+        except ValueError:
+            self.fail(f"{value!r} is not a shape; use comma-separated positive integers such as "
+                      "1,3,224,224", param, ctx)
+        if len(dims) < 2 or any(d < 1 for d in dims):
+            self.fail(f"{value!r} is not a shape; use at least two positive integers, e.g. "
+                      "1,3,224,224", param, ctx)
+        if any(d > 1 << 20 for d in dims):
+            self.fail(f"{value!r}: a dimension is larger than {1 << 20}", param, ctx)
+        return dims
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (``click.FloatRange`` lets nan through)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+class GroupsType(click.ParamType):
+    """``--groups 1,2,4,8`` or ``all`` (every g dividing both C and N of each layer) -> tuple or None."""
+
+    name = "G[,G...]|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...] | None:
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        parts = [p.strip() for p in text.split(",")]
+        if not parts or any(not p for p in parts):
+            self.fail(f"{value!r}: use a comma list of positive integers such as 1,2,4,8, or "
+                      "'all'", param, ctx)
+        out: list[int] = []
+        for p in parts:
+            if not p.isdigit() or int(p) < 1:
+                self.fail(f"{p!r} in {value!r} is not a positive integer; use e.g. 1,2,4,8 or "
+                          "'all'", param, ctx)
+            if int(p) > 1 << 20:
+                self.fail(f"{p!r} is larger than {1 << 20}", param, ctx)
+            if int(p) not in out:
+                out.append(int(p))
+        return tuple(out)
+
+
+class VariantsType(click.ParamType):
+    """``--variants grouped,depthwise,separable`` or ``all``."""
+
+    name = "V[,V...]|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        from convcost.variants.catalogue import VARIANTS
+
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return VARIANTS
+        out: list[str] = []
+        for p in (x.strip() for x in text.split(",")):
+            if p not in VARIANTS:
+                self.fail(f"{p!r} is not a variant; choose from {', '.join(VARIANTS)} or 'all'",
+                          param, ctx)
+            if p not in out:
+                out.append(p)
+        return tuple(out)
+
+
+class IntListType(click.ParamType):
+    """``3`` or ``1,3`` -> (1, 3): positive integers."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r}: use positive integers separated by commas, e.g. 3 or 1,3",
+                      param, ctx)
+        if any(x < 1 for x in out):
+            self.fail(f"{value!r}: sizes must be positive", param, ctx)
+        return out
+
+
+def model_arg_option(f: Callable) -> Callable:
+    return click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                        help="Keyword argument for the model's builder (torchvision:, timm:, a "
+                             "class or factory), repeatable; values are YAML scalars, e.g. "
+                             "--model-arg aux_logits=false --model-arg image_size=384.")(f)
+
+
+def timeout_option(f: Callable) -> Callable:
+    return click.option("--timeout", type=FiniteFloat(1, 86400), default=600.0,
+                        show_default=True,
+                        help="Seconds allowed for loading and counting a model (its code runs in "
+                             "a separate process): a model that hangs ends with one line, "
+                             "exit 3.")(f)
+
+
+def count_on_option(f: Callable) -> Callable:
+    return click.option("--count-on", "count_on", type=click.Choice(["auto", "meta", "real"]),
+                        default="auto", show_default=True,
+                        help="Count on meta tensors (nothing computed: any batch or resolution), "
+                             "on real tensors (fvcore's JIT trace), or auto: meta for large "
+                             "inputs.")(f)
+
+
+def memory_option(f: Callable) -> Callable:
+    return click.option("--ignore-memory-limit", "ignore_memory", is_flag=True,
+                        help="Run even when the memory estimate exceeds what is available.")(f)
+
+
+def timing_options(f: Callable) -> Callable:
+    """Options shared by the commands that time kernels."""
+    opts = [
+        click.option("--time/--no-time", "do_time", default=True, show_default=True,
+                     help="Time the real kernels (--no-time: counts only)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]),
+                     help="Kernel dtype; fp32 means TF32 off (default: the spec's, else fp32)."),
+        click.option("--channels-last/--contiguous", "channels_last", default=None,
+                     help="Memory format (default: channels-last for fp16/bf16 on CUDA)."),
+        click.option("--threads", type=click.IntRange(1, 1024),
+                     help="CPU threads for timing (default: torch's)."),
+        click.option("--cold", is_flag=True,
+                     help="Flush the caches (L2 on CUDA) before each timed call."),
+        click.option("--max-time", type=FiniteFloat(0.001, 3600), default=1.0,
+                     show_default=True, help="Time cap per measurement, in seconds."),
+        click.option("--time-budget", type=FiniteFloat(0.1, 86400), default=DEFAULT_BUDGET_S,
+                     show_default=True, envvar="CONVCOST_TIME_BUDGET", show_envvar=True,
+                     help="Seconds for all the timing of this command, split over the kernels "
+                          "still to measure (cached ones cost nothing); what does not fit is "
+                          "marked 'not measured (budget)' and the exit code is 4."),
+        click.option("--fresh", is_flag=True,
+                     help="Re-measure everything instead of reusing the latency table."),
+        click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
+        click.option("--backend", "backend", default="eager", show_default=True,
+                     metavar="NAME[,NAME...]",
+                     help="Runtime(s) to time on, side by side: eager, inductor (torch.compile), "
+                          "onnxruntime (convcost[onnx]), openvino (convcost[openvino], CPU). "
+                          "Setup (compile, export) is reported apart from the timings."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def timing_request(o: dict[str, Any]) -> Any:
+    """The timing options as a :class:`~convcost.jobs.TimingRequest` (None with --no-time),
+    validated now: a bad --device or --backend is an error even with --no-time, and a missing
+    extra is named before any work."""
+    from convcost.jobs import TimingRequest
+    from convcost.timing.backends import DEFAULT, parse_backends
+    from convcost.timing.device import resolve_device
+
+    dev = resolve_device(o["device"])
+    backends = parse_backends(o["backend"], dev if o["do_time"] else None)
+    if not o["do_time"]:
+        if backends != (DEFAULT,):
+            raise InputError(f"--backend {','.join(backends)} times kernels: drop --no-time (or "
+                             "--backend)")
+        return None
+    return TimingRequest(dev, o["dtype"], o["channels_last"], o["threads"], o["cold"],
+                         o["max_time"], o["time_budget"], o["fresh"], backends=backends)
+
+
+def source_request(o: dict[str, Any]) -> Any:
+    """SOURCE and the options that say how to load and count it."""
+    from convcost.jobs import SourceRequest
+    from convcost.sources.load import parse_model_args
+
+    return SourceRequest(o["source"], o["input_shape"], o["batch"],
+                         parse_model_args(o["model_args"]), not o["ignore_memory"], o["count_on"])
+
+
+def wide_option(f: Callable) -> Callable:
+    return click.option("--wide", is_flag=True,
+                        help="Keep every column on a terminal (narrow terminals drop the least "
+                             "important ones and say which).")(f)
+
+
