@@ -48,7 +48,11 @@ def test_measurement_structure_on_a_small_conv():
     assert m.n >= 5 and m.calls_per_sample >= 1
     assert m.min_ms <= m.q1_ms <= m.median_ms <= m.q3_ms <= m.max_ms
     assert m.iqr_ms == pytest.approx(m.q3_ms - m.q1_ms)
-    assert m.converged == (m.n >= 5 and m.rel_iqr <= 0.5)  # the flag follows the stop rule
+    # the flag follows the stop rule that ended it (IQR, a known median, or a settled one:
+    # which one depends on the machine's noise, the flag's meaning does not)
+    assert m.converged == (m.stop in ("iqr", "median", "settled"))
+    if m.stop == "iqr":
+        assert m.n >= 5 and m.rel_iqr <= 0.5
     d = m.to_dict()
     assert {"median_ms", "iqr_ms", "n", "converged", "rel_iqr"} <= set(d)
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.text import Text as RichText
 
 from convcost.report.layout import Col, plain_text, rich_text
+from convcost.timing.status import Status
 from convcost.units import fmt_ms
 
 
@@ -104,8 +105,8 @@ def source_cell(timing: dict[str, Any] | None) -> str:
     t = timing or {}
     if t.get("source") == "cached" and t.get("cached_at"):
         return f"cached {t['cached_at'][:10]}"
-    return {"budget": "not measured (budget)", "interrupted": "not measured (interrupted)"}.get(
-        t.get("source", ""), "")
+    status = Status.of(t.get("source"))
+    return status.missing_text if status in (Status.BUDGET, Status.INTERRUPTED) else ""
 
 
 def roof_cells(rl: dict[str, Any] | None, with_peaks: bool) -> list[str]:

@@ -22,6 +22,7 @@ from convcost.report.common import (
 from convcost.report.layout import Col, Notes, dropped_line, fit_table, rich_text
 from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
 from convcost.timing.stats import PairedRatio
+from convcost.timing.status import Status
 from convcost.units import fmt_ms, fmt_ratio, human
 
 if TYPE_CHECKING:
@@ -122,10 +123,8 @@ def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
             notes.append(f"{b}: {_status_word(rb.latency_source)}")
     if row.latency_source == SAME:
         notes.insert(0, "same kernel as the original: not timed again")
-    elif row.latency_source == BUDGET:
-        notes.insert(0, "not measured (budget)")
-    elif row.latency_source == INTERRUPTED:
-        notes.insert(0, "not measured (interrupted)")
+    elif row.latency_source in (BUDGET, INTERRUPTED):
+        notes.insert(0, Status(row.latency_source).missing_text)
     elif row.latency_source == CACHED and row.cached_at:
         notes.append(f"cached {row.cached_at[:10]}")
     g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
@@ -135,8 +134,8 @@ def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
 
 
 def _status_word(source: str | None) -> str:
-    return {BUDGET: "not measured (budget)", INTERRUPTED: "not measured (interrupted)"}.get(
-        source or "", "not measured")
+    status = Status.of(source)
+    return status.missing_text if status is not None else "not measured"
 
 
 def _merged(rows: list[Any]) -> list[tuple[Any, str]]:

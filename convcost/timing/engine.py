@@ -34,10 +34,12 @@ from convcost.timing.device import fingerprint, numerics
 from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_group
 from convcost.timing.kernel import Kernel, kernel_key
 from convcost.timing.stats import PairedRatio, paired_ratio
+from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
 
 MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING = (
-    "measured", "cached", "same", "failed", "budget", "interrupted", "pending")
+    Status.MEASURED, Status.CACHED, Status.SAME, Status.FAILED, Status.BUDGET,
+    Status.INTERRUPTED, Status.PENDING)
 CPU_MACS_PER_S = 3e10  # rough speeds, only to split the budget before a kernel's first call
 CUDA_MACS_PER_S = 2e13
 CALL_OVERHEAD_S = 2e-5

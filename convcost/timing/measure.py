@@ -30,6 +30,7 @@ from convcost.timing.engine import (
 from convcost.timing.harness import Measurement, TimingConfig
 from convcost.timing.kernel import Kernel
 from convcost.timing.roofline import Peaks, compulsory_bytes, lookup, roofline
+from convcost.timing.status import Status
 from convcost.variants.catalogue import Variant, build, conv_module
 from convcost.variants.compare import ORIGINAL, CompareReport, CompareRow, LatencyFigure, substitute
 
@@ -116,8 +117,7 @@ def _timing_dict(kr: KernelResult) -> dict[str, Any]:
 
 
 def _status_text(status: str) -> str:
-    return {BUDGET: "not measured (budget)", INTERRUPTED: "not measured (interrupted)"}.get(
-        status, "not measured")
+    return Status(status).missing_text
 
 
 def _record(run: TimingRun, name: str, kr: KernelResult, key: str, seen: set[str]) -> None:
