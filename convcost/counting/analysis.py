@@ -260,10 +260,10 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
 
 
 def random_inputs(shapes: list[tuple[int, ...]]) -> tuple[Any, ...]:
-    import torch
+    """Seeded random inputs of ``shapes`` (:func:`convcost.inputs.seeded_inputs`)."""
+    from convcost.inputs import seeded_inputs
 
-    g = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(s, generator=g) for s in shapes)
+    return seeded_inputs(shapes)
 
 
 def never_run(model: nn.Module, records: dict[str, Any], counts: Counts) -> list[tuple[str, int]]:

@@ -61,8 +61,9 @@ class Loaded:
         """Seeded random inputs of :attr:`input_shapes` (made once; the memory guard first)."""
         if self._inputs is None:
             self.guard_memory("real inputs and activations")
-            g = torch.Generator().manual_seed(0)
-            self._inputs = tuple(torch.randn(s, generator=g) for s in self.input_shapes)
+            from convcost.inputs import seeded_inputs
+
+            self._inputs = seeded_inputs(self.input_shapes)
         return self._inputs
 
     def guard_memory(self, what: str = "a real forward") -> None:

@@ -796,6 +796,7 @@ def memory_estimate(spec: Spec, batch: int) -> tuple[int, str]:
 def example_inputs(spec: Spec, batch: int | None = None,
                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """One random input per segment, shape ``(batch, *input_shape)``."""
+    from convcost.inputs import seeded_inputs
+
     b = batch or spec.batch
-    g = torch.Generator().manual_seed(0)
-    return tuple(torch.randn((b, *s), generator=g, dtype=dtype) for s in spec.input_shapes)
+    return seeded_inputs([(b, *s) for s in spec.input_shapes], dtype)

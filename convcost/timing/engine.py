@@ -435,9 +435,10 @@ def _eval(m: torch.nn.Module) -> torch.nn.Module:
 
 def make_input(shape: tuple[int, ...] | list[int], cfg: TimingConfig) -> torch.Tensor:
     """A seeded random input on the timing device, dtype and memory format."""
+    from convcost.inputs import seeded_inputs
+
     n = cfg.numerics
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(tuple(shape), generator=g).to(device=n.device, dtype=n.torch_dtype)
+    x = seeded_inputs([shape])[0].to(device=n.device, dtype=n.torch_dtype)
     if n.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
