@@ -135,7 +135,7 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
     time them (paired): the compare command's work for a SOURCE."""
     from convcost.errors import InputError
     from convcost.variants.catalogue import Skip
-    from convcost.variants.compare import compare_model
+    from convcost.variants.compare import NothingSelected, compare_model
 
     loaded = _load(src)
     if timing is not None:
@@ -150,13 +150,26 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
                                whole_model=what.whole_model)
     except Skip as e:
         why = f" ({'; '.join(loaded.notes)})" if loaded.notes else ""
-        raise InputError(f"{src.source}: {e}{why}") from e
+        text = _nothing_selected(e) if isinstance(e, NothingSelected) else str(e)
+        raise InputError(f"{src.source}: {text}{why}") from e
     report.notes[:0] = loaded.notes
     run = None
     if timing is not None:
         run = _time_compare(report, timing, _spec_dtype(loaded), loaded.model,
                             loaded.input_shapes, progress)
     return JobResult(report, run)
+
+
+def _nothing_selected(e: Any) -> str:
+    """compare's selection that matched no conv, in the command line's terms."""
+    what = []
+    if e.globs:
+        what.append(f"--layers {','.join(e.globs)}")
+    if e.kernel_sizes:
+        what.append(f"--kernel-size {','.join(map(str, e.kernel_sizes))}")
+    left = f" ({'; '.join(e.not_substituted)})" if e.not_substituted else ""
+    return ("no Conv1d/Conv2d/Conv3d layer matches "
+            + (" and ".join(what) if what else "in this model") + left)
 
 
 def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | None,

@@ -337,16 +337,14 @@ def with_replacements(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
     return root
 
 
-def _nothing_selected(globs: tuple[str, ...], kernel_sizes: tuple[int, ...],
-                      not_substituted: list[str]) -> str:
-    what = []
-    if globs:
-        what.append(f"--layers {','.join(globs)}")
-    if kernel_sizes:
-        what.append(f"--kernel-size {','.join(map(str, kernel_sizes))}")
-    left = f" ({'; '.join(not_substituted)})" if not_substituted else ""
-    return ("no Conv1d/Conv2d/Conv3d layer matches "
-            + (" and ".join(what) if what else "in this model") + left)
+class NothingSelected(Skip):
+    """No conv of the model passes the selection (layer-name globs, kernel sizes); the
+    caller words it in its own terms (the command line names its options)."""
+
+    def __init__(self, globs: tuple[str, ...], kernel_sizes: tuple[int, ...],
+                 not_substituted: list[str]) -> None:
+        self.globs, self.kernel_sizes, self.not_substituted = globs, kernel_sizes, not_substituted
+        super().__init__("no Conv1d/Conv2d/Conv3d layer matches the selection")
 
 
 def _prefetch_on_meta(counter: Any, selected: list[Any], modules: dict[str, nn.Module],
@@ -403,7 +401,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     selected, not_substituted = select_convs(analysis.layers, modules, globs, kernel_sizes)
     notes = [f"not substituted: {x}" for x in not_substituted]
     if not selected:
-        raise Skip(_nothing_selected(globs, kernel_sizes, not_substituted))
+        raise NothingSelected(globs, kernel_sizes, not_substituted)
     counter = VariantCounter()
     if how == META:  # the variants of every selected conv, counted in one meta pass
         _prefetch_on_meta(counter, selected, modules, variant_names, groups)
