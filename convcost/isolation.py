@@ -203,16 +203,16 @@ def _supervise(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], parent:
             os.setpgid(0, 0)
     if not hasattr(os, "fork"):  # pragma: no cover - Windows: no groups, no supervision
         _child_main(conn, fn, args)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # convcost signals the group; the model acts
+        signal.signal(sig, signal.SIG_IGN)  # (set before the fork: no window where it dies)
     me = os.getpid()
     pid = os.fork()
-    if pid == 0:  # the model's process: dies with its supervisor
+    if pid == 0:  # the model's process: dies with its supervisor; sets its own handlers
         if not set_parent_death_signal(signal.SIGKILL):
             _watch_parent(me, lambda: os._exit(1))
         if os.getppid() != me:
             os._exit(1)
         _child_main(conn, fn, args)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # convcost signals the group; the model acts
-        signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, lambda *_: _kill_own_group())
     set_parent_death_signal(signal.SIGUSR1)
     status = None

@@ -352,11 +352,13 @@ def _compare_json(*extra: str):
 def test_poisoned_rows_are_ignored_and_measured_again(isolated_cache, kernel_sql, pair_sql):
     import sqlite3
 
-    assert _compare_json().exit_code in (0, 4)
+    # a cap far above what the 5 rounds of a stored ratio take: kernels and ratios are stored
+    assert _compare_json("--max-time", "10").exit_code in (0, 4)
     db = isolated_cache / "latency.sqlite"
     con = sqlite3.connect(db)
     n_kernels = con.execute("SELECT COUNT(*) FROM kernels").fetchone()[0]
-    assert n_kernels >= 1
+    n_pairs = con.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+    assert n_kernels >= 1 and n_pairs >= 1
     con.execute(f"UPDATE kernels SET {kernel_sql}")
     con.execute(f"UPDATE pairs SET {pair_sql}")
     con.commit()
@@ -375,6 +377,23 @@ def test_poisoned_rows_are_ignored_and_measured_again(isolated_cache, kernel_sql
         lr = CliRunner().invoke(cli, cmd)
         assert lr.exit_code == 0 and "Traceback" not in lr.output, lr.output
     _strict_json(CliRunner().invoke(cli, ["cache", "list", "-f", "json"]).stdout)
+
+
+def test_implausible_figures_are_invalid_rows():
+    """Finite but absurd figures (a 1e300 ms call, a ratio of 1e300 or 1e-9) are refused too;
+    a stored ratio is used only beside the stored figures of both its kernels."""
+    from convcost.timing.table import kernel_problem, pair_problem
+    from tests.conftest import stored_row
+
+    def raw(**kw):  # as the table stores it: in_shapes as JSON text
+        return {**stored_row("k", **kw), "in_shapes": "[[1, 8, 8, 8]]"}
+
+    assert kernel_problem(raw()) is None
+    assert kernel_problem(raw(median=1e300)) is not None
+    pair = {"ratio": 0.5, "lo": 0.4, "hi": 0.6, "rounds": 10, "measured_at": "2026"}
+    assert pair_problem(pair) is None
+    for bad in ({"ratio": 1e300, "hi": 1e301}, {"lo": 1e-9}, {"rounds": 0}, {"ratio": 0.7}):
+        assert pair_problem({**pair, **bad}) is not None, bad
 
 
 def test_bad_in_shapes_do_not_break_cache_list(isolated_cache):

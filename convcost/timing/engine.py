@@ -194,7 +194,10 @@ class TimingEngine:
                         calls_per_sample=row["calls_per_sample"] or 1,
                         converged=bool(row["converged"]), graph_median_ms=row["graph_median_ms"])
         for (b, v), p in self.pairs.items():
-            if p.status == PENDING:
+            # a stored ratio only beside the stored figures it came with: when either kernel is
+            # measured again, so is the ratio (from the same interleaved rounds)
+            both = self.results[b].status == CACHED and self.results[v].status == CACHED
+            if p.status == PENDING and both:
                 row = self.table.get_pair(b, v)
                 if row is not None and row.get("ratio") is not None:
                     p.status, p.cached_at = CACHED, row.get("measured_at")

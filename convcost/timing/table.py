@@ -323,9 +323,17 @@ _TEXT = ("key", "label", "scope", "signature", "dtype", "memory_format", "backen
          "torch", "measured_at")
 
 
+MAX_MS = 1e7  # about 3 hours for one call: beyond it a stored figure is not a measurement
+RATIO_RANGE = (1e-6, 1e6)  # a paired latency ratio outside it is not one either
+
+
 def _finite(v: Any, positive: bool = True) -> bool:
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return ok and (v > 0 if positive else v >= 0)
+
+
+def _ms(v: Any) -> bool:
+    return _finite(v) and v <= MAX_MS
 
 
 def _count(v: Any, low: int = 1) -> bool:
@@ -340,7 +348,7 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
         if not isinstance(d.get(f), str):
             return f"{f} is {str(d.get(f))[:20]!r}, not text"
     for f in _POSITIVE_MS:
-        if not _finite(d.get(f)):
+        if not _ms(d.get(f)):
             return f"{f} is {str(d.get(f))[:20]}"
     if not d["min_ms"] <= d["q1_ms"] <= d["median_ms"] <= d["q3_ms"] <= d["max_ms"]:
         return "quartiles out of order"
@@ -349,7 +357,7 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
         return "a sample, call or thread count is not a positive integer"
     if d.get("macs") is not None and not _count(d["macs"], 0):
         return f"macs is {str(d['macs'])[:20]}"
-    if d.get("graph_median_ms") is not None and not _finite(d["graph_median_ms"]):
+    if d.get("graph_median_ms") is not None and not _ms(d["graph_median_ms"]):
         return f"graph_median_ms is {str(d['graph_median_ms'])[:20]}"
     try:
         shapes = json.loads(d["in_shapes"]) if isinstance(d.get("in_shapes"), str) else None
@@ -362,8 +370,10 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
 
 
 def pair_problem(d: dict[str, Any]) -> str | None:
-    """Why a stored paired ratio cannot be used: finite positive lo <= ratio <= hi, rounds."""
-    if not all(_finite(d.get(f)) for f in ("ratio", "lo", "hi")):
+    """Why a stored paired ratio cannot be used: finite lo <= ratio <= hi within
+    ``RATIO_RANGE``, a positive round count."""
+    lo_ok, hi_ok = RATIO_RANGE
+    if not all(_finite(d.get(f)) and lo_ok <= d[f] <= hi_ok for f in ("ratio", "lo", "hi")):
         return f"ratio {str(d.get('ratio'))[:20]} [{str(d.get('lo'))[:20]}, {str(d.get('hi'))[:20]}]"
     if not d["lo"] <= d["ratio"] <= d["hi"]:
         return "the ratio lies outside its interval"
