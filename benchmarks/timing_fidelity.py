@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import environment, write_section  # noqa: E402
 from convcost.timing.device import Numerics, numerics, resolve_device  # noqa: E402
-from convcost.timing.harness import TimingConfig, measure_one  # noqa: E402
 from convcost.timing.engine import make_input, prepare_module  # noqa: E402
+from convcost.timing.harness import TimingConfig, measure_one  # noqa: E402
 from convcost.variants.catalogue import ConvLayer, Variant, build  # noqa: E402
 
 CASES = [  # (label, layer, variant)

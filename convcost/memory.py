@@ -1,7 +1,8 @@
-"""Memory guard: estimate what a run will allocate and refuse, with the estimate, before it is
-killed. The estimate is deliberately simple and documented: parameters, the inputs, and the
-largest live activations (the biggest layer's input + output, twice for a residual branch kept
-alive), at 4 bytes per element (fp32 counting runs)."""
+"""Memory guard: refuse, with the estimate, a run that would not fit before it is killed.
+The estimates come from the stages that know the shapes (a spec's
+:func:`~convcost.sources.spec.memory_estimate`, a model's traced
+:func:`~convcost.counting.meta.model_estimate`, a .pt2's stored tensors); here are the
+available memory, byte counts of tensors (4 bytes per element, fp32) and the guard."""
 
 from __future__ import annotations
 

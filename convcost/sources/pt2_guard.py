@@ -27,6 +27,7 @@ what and where (:class:`~convcost.errors.ModelError`, exit 3).
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import re
@@ -354,17 +355,27 @@ def check_program(doc: Any, member: str) -> None:
                 check_guard(g, f"{member}: {path}[{i}]")
 
 
-def _element_bytes(code: Any) -> int | None:
-    """Bytes per element of a serialized dtype code (torch's own table), None if unknown."""
+@functools.cache
+def _element_sizes() -> dict[int, int]:
+    """Bytes per element of each serialized dtype code (torch's own table), built once."""
     try:
         import torch
         from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
     except ImportError:  # pragma: no cover - torch always has it
+        return {}
+    import warnings
+
+    with warnings.catch_warnings():  # "ComplexHalf support is experimental"
+        warnings.simplefilter("ignore", UserWarning)
+        return {int(k): torch.empty(0, dtype=d).element_size()
+                for k, d in _SERIALIZE_TO_TORCH_DTYPE.items()}
+
+
+def _element_bytes(code: Any) -> int | None:
+    """Bytes per element of a serialized dtype code, None if unknown."""
+    if not isinstance(code, int) or isinstance(code, bool):
         return None
-    for k, dtype in _SERIALIZE_TO_TORCH_DTYPE.items():
-        if int(k) == code and not isinstance(code, bool):
-            return torch.empty(0, dtype=dtype).element_size()
-    return None
+    return _element_sizes().get(code)
 
 
 def _ints(values: Any, where: str) -> list[int]:

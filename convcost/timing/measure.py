@@ -54,11 +54,6 @@ class TimingRun:
     notices: list[str] = field(default_factory=list)
     backends: dict[str, Any] = field(default_factory=dict)  # name: fingerprint, setup, counts
 
-    @property
-    def incomplete(self) -> bool:
-        return self.interrupted or bool(self.failures) or bool(self.over_budget) or \
-            bool(self.undersampled)
-
     def summary(self) -> dict[str, Any]:
         c = self.config
         return {
