@@ -113,8 +113,9 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
 
         phase("timing the model", _timing_allowance(timing))
         with _progress(progress) as prog:
-            run = time_analysis(report, loaded.model, loaded.input_shapes,
-                                timing.engines(cfg, prog))
+            timed = time_analysis(report, loaded.model, loaded.input_shapes,
+                                  timing.engines(cfg, prog))
+        report, run = timed.attach(report), timed.run
     return JobResult(report, run)
 
 
@@ -135,9 +136,10 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
     time them (paired): the compare command's work for a SOURCE."""
     from convcost.errors import InputError
     from convcost.variants.catalogue import Skip
-    from convcost.variants.compare import NothingSelected, compare_model
+    from convcost.variants.compare import NothingSelected, VariantCounter, compare_model
 
     loaded = _load(src)
+    built = VariantCounter()  # the modules counted, measured by timing
     if timing is not None:
         loaded.guard_memory("timing")
     phase("counting the model and its variants")
@@ -147,17 +149,16 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
                                name=loaded.name, estimated_macs=loaded.estimated_macs,
                                variant_names=what.variant_names, groups=what.groups,
                                globs=what.globs, kernel_sizes=what.kernel_sizes,
-                               whole_model=what.whole_model)
+                               whole_model=what.whole_model, counter=built)
     except Skip as e:
         why = f" ({'; '.join(loaded.notes)})" if loaded.notes else ""
         text = _nothing_selected(e) if isinstance(e, NothingSelected) else str(e)
         raise InputError(f"{src.source}: {text}{why}") from e
     report.notes[:0] = loaded.notes
-    run = None
-    if timing is not None:
-        run = _time_compare(report, timing, _spec_dtype(loaded), loaded.model,
-                            loaded.input_shapes, progress)
-    return JobResult(report, run)
+    if timing is None:
+        return JobResult(report)
+    return _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,
+                         loaded.input_shapes, progress)
 
 
 def _nothing_selected(e: Any) -> str:
@@ -176,23 +177,26 @@ def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | N
                       progress: ProgressFactory | None = None) -> JobResult:
     """compare without a SOURCE: the variants of one standalone conv (no user code)."""
     from convcost.startup import settle
-    from convcost.variants.compare import compare_default
+    from convcost.variants.compare import VariantCounter, compare_default
 
     settle()
-    report = compare_default(layer, variants)
-    run = _time_compare(report, timing, "fp32", None, None, progress) if timing else None
-    return JobResult(report, run)
+    built = VariantCounter()
+    report = compare_default(layer, variants, built)
+    if timing is None:
+        return JobResult(report)
+    return _time_compare(report, built, timing, "fp32", None, None, progress)
 
 
-def _time_compare(report: Any, timing: TimingRequest, default_dtype: str, model: Any,
-                  shapes: Any, progress: ProgressFactory | None) -> Any:
+def _time_compare(report: Any, built: Any, timing: TimingRequest, default_dtype: str,
+                  model: Any, shapes: Any, progress: ProgressFactory | None) -> JobResult:
+    """Time a comparison (the modules counting ``built``) and attach the figures."""
     from convcost.timing.measure import time_compare
 
     cfg = timing.config(default_dtype)
-    report.dtype = cfg.numerics.dtype
     phase("timing the variants", _timing_allowance(timing))
     with _progress(progress) as prog:
-        return time_compare(report, timing.engines(cfg, prog), model, shapes)
+        timed = time_compare(report, timing.engines(cfg, prog), model, shapes, built)
+    return JobResult(timed.attach(report), timed.run)
 
 
 def _timing_allowance(timing: TimingRequest) -> float | None:

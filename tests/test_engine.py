@@ -329,17 +329,21 @@ def test_interval_and_headline_rule():
 
 
 def test_noisy_headline_in_the_table():
+    from dataclasses import replace
+
+    from convcost.figures import LatencyFigure
     from convcost.report.compare import _headline, _ratio_cell
     from convcost.variants.compare import CompareRow
 
-    row = CompareRow("layer", "grouped", 4, params=1, macs=10, ratio_macs=0.25)
-    row.ratio_latency, row.latency_ci, row.latency_rounds = 0.6, (0.2, 1.4), 12
-    row.latency_source = "measured"
+    fig = LatencyFigure(ratio_latency=0.6, latency_ci=(0.2, 1.4), latency_rounds=12,
+                        latency_source="measured")
+    row = CompareRow("layer", "grouped", 4, params=1, macs=10, ratio_macs=0.25,
+                     backends={"eager": fig})
     assert _headline(row) == "MACs x0.250, noisy: x0.200-x1.40"
-    row.latency_ci = (0.58, 0.62)
+    row.backends["eager"] = fig = replace(fig, latency_ci=(0.58, 0.62))
     assert _headline(row) == "MACs x0.250, latency x0.600"
-    assert _ratio_cell(row) == "x0.600 [0.58, 0.62]"
-    row.latency_source = SAME
+    assert _ratio_cell(row.figure) == "x0.600 [0.58, 0.62]"
+    row.backends["eager"] = replace(fig, latency_source=SAME)
     assert _headline(row) == "MACs x0.250, = original"
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from convcost.errors import BudgetFileError, InputError
-from convcost.sources.yamlio import LineDict, load_yaml_file
+from convcost.sources.lines import FileValidator
+from convcost.sources.yamlio import load_yaml_file
 from convcost.units import parse_count, parse_duration_ms, parse_percent
 
 BUDGET_VERSION = 1
@@ -82,15 +83,15 @@ class Budget:
 # --------------------------------------------------------------------------- parsing
 
 
-class BudgetParser:
+class BudgetParser(FileValidator):
     """Where we are in a budget file, to build one-line errors naming the file, line and key."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__(path)
         self.path = path
 
     def err(self, msg: str, node: Any = None, key: Any = None, where: str = "") -> BudgetFileError:
-        line = node.line_of(key) if isinstance(node, LineDict) and key is not None else (
-            node.line if isinstance(node, LineDict) else None)
+        line = self.line(node, key)
         loc = f"{self.path}" + (f":{line}" if line else "")
         return BudgetFileError(f"{loc}: {where}: {msg}" if where else f"{loc}: {msg}")
 
@@ -98,10 +99,10 @@ class BudgetParser:
         if not isinstance(d, dict):
             raise self.err(f"must be a mapping with keys {', '.join(allowed)}; {MINIMAL_EXAMPLE}",
                            where=where)
-        for k in d:
-            if k not in allowed:
-                raise self.err(f"unknown key {k!r}; allowed: {', '.join(allowed)}; "
-                               f"{MINIMAL_EXAMPLE}", d, k, where)
+        k = self.unknown_key(d, allowed)
+        if k is not None:
+            raise self.err(f"unknown key {k!r}; allowed: {', '.join(allowed)}; "
+                           f"{MINIMAL_EXAMPLE}", d, k, where)
 
 
 def _quantity(p: BudgetParser, metric: str, v: Any, node: Any, key: str, where: str,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -31,6 +31,7 @@ from convcost.counting.inventory import (
     uncalled_modules,
 )
 from convcost.errors import ModelError, first_line
+from convcost.figures import NO_FIGURE, KernelTiming, LatencyFigure, ModelLatency
 
 SCHEMA_VERSION = 1
 
@@ -66,14 +67,27 @@ class LayerRow:
     dilation: list[int] | None = None
     bias: bool | None = None
     calls: int = 1
-    latency_ms: float | None = None
-    timing: dict[str, Any] | None = None  # measurement and roofline when timed
-    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: latency_ms, timing
+    backends: dict[str, LatencyFigure] = field(default_factory=dict)  # when timed, run order
 
     @property
     def flops(self) -> int:
         """FLOPs = 2 x MACs."""
         return 2 * self.macs
+
+    @property
+    def figure(self) -> LatencyFigure:
+        """The first backend's figure (an empty one when not timed)."""
+        return next(iter(self.backends.values()), NO_FIGURE)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The layer's kernel timed alone on the first backend (ms per call)."""
+        return self.figure.latency_ms
+
+    @property
+    def timing(self) -> KernelTiming | None:
+        """The first backend's timing record (measurement, roofline)."""
+        return self.figure.timing
 
 
 @dataclass
@@ -105,15 +119,29 @@ class AnalysisReport:
     hierarchy: list[ModuleNode] = field(default_factory=list)
     counter: str = FVCORE
     notes: list[str] = field(default_factory=list)
-    latency_ms: float | None = None
     device: dict[str, Any] | None = None
-    timing: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None  # the timing run's summary (docs/json.md)
     never_called: list[tuple[str, int]] = field(default_factory=list)  # (module, its params)
-    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: whole-model latency
+    backends: dict[str, ModelLatency] = field(default_factory=dict)  # whole model, run order
 
     @property
     def flops(self) -> int:
         return 2 * self.macs
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The whole model's latency on the first backend (ms per call), when timed."""
+        first = next(iter(self.backends.values()), None)
+        return first.latency_ms if first is not None else None
+
+    def with_figures(self, layers: Mapping[int, dict[str, LatencyFigure]],
+                     model: dict[str, ModelLatency], *, device: dict[str, Any] | None,
+                     timing: dict[str, Any] | None) -> AnalysisReport:
+        """A new report with the timing figures attached: per layer row (by index), per
+        backend, and the whole model's (this one is left as it is)."""
+        rows = [replace(r, backends=dict(layers[i])) if i in layers else r
+                for i, r in enumerate(self.layers)]
+        return replace(self, layers=rows, backends=dict(model), device=device, timing=timing)
 
     @property
     def paper_macs(self) -> int:

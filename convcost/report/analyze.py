@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
 from convcost.counting.counters import COUNTER_TEXT, FVCORE
+from convcost.figures import timing_dict
 from convcost.report.common import (
     CONVENTION_LINE,
     csv_cell,
@@ -19,6 +20,7 @@ from convcost.report.common import (
     md_table,
     pct,
     roof_cells,
+    roofline_of,
     shape_str,
     source_cell,
     timing_cols,
@@ -48,7 +50,7 @@ def _primary_suffix(report: AnalysisReport) -> str:
 
 
 def _on(r: LayerRow, b: str) -> float | None:
-    return (r.backends.get(b) or {}).get("latency_ms")
+    return r.backends[b].latency_ms if b in r.backends else None
 
 
 MAX_TABLE_ROWS = 300  # beyond this, the table view is collapsed (unless --all)
@@ -92,7 +94,7 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     tcols, roof, peaks = timing_cols(report.layers, timed, fmt_ms(report.latency_ms),
                                      label=f"latency{_primary_suffix(report)}")
     extra = _extra_backends(report) if timed else []
-    tcols += [Col(f"latency {b}", "right", 74, fmt_ms(report.backends[b].get("latency_ms")))
+    tcols += [Col(f"latency {b}", "right", 74, fmt_ms(report.backends[b].latency_ms))
               for b in extra]
     cached = timed and any(source_cell(r.timing) for r in report.layers)
     cols = [Col("#", "right", 20), Col("layer", "left", 100, "total"), Col("op", "left", 45),
@@ -111,7 +113,7 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
         if timed:
             cells += [fmt_ms(r.latency_ms), iqr_cell(r.timing)]
         if roof:
-            cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+            cells += roof_cells(roofline_of(r.timing), peaks)
         cells += [_extra_cell(r, b) for b in extra]
         if cached:
             cells.append(source_cell(r.timing))
@@ -136,19 +138,19 @@ def _backend_model_lines(report: AnalysisReport) -> list[Any]:
     out = []
     for b in _extra_backends(report):
         d = report.backends[b]
-        ms = d.get("latency_ms")
+        ms = d.latency_ms
         line = f"whole model on {b}: " + (fmt_ms(ms) if ms is not None else (
-            "failed" if (d.get("timing") or {}).get("error") else "not measured"))
-        if d.get("layers_sum_ms") is not None:
-            line += (f"; sum of the {d.get('layers_timed')} conv/linear layers timed alone: "
-                     f"{fmt_ms(d['layers_sum_ms'])}")
+            "failed" if d.timing is not None and d.timing.error else "not measured"))
+        if d.layers_sum_ms is not None:
+            line += (f"; sum of the {d.layers_timed} conv/linear layers timed alone: "
+                     f"{fmt_ms(d.layers_sum_ms)}")
         out.append(rich_text(line))
     return out
 
 
 def _extra_cell(r: LayerRow, b: str) -> str:
-    t = (r.backends.get(b) or {}).get("timing") or {}
-    if _on(r, b) is None and t.get("error"):
+    t = r.backends[b].timing if b in r.backends else None
+    if _on(r, b) is None and t is not None and t.error:
         return "failed"
     return fmt_ms(_on(r, b))
 
@@ -228,9 +230,10 @@ def _layer_dict(r: LayerRow) -> dict[str, Any]:
     if r.calls != 1:
         d["calls"] = r.calls
     if r.timing is not None:
-        d["timing"] = r.timing
+        d["timing"] = r.timing.to_dict()
     if r.backends:
-        d["backends"] = r.backends
+        d["backends"] = {b: {"latency_ms": f.latency_ms, "timing": timing_dict(f.timing)}
+                         for b, f in r.backends.items()}
     return d
 
 
@@ -267,9 +270,9 @@ def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str,
     if report.timing is not None:
         d["timing"] = report.timing
     if report.backends:
-        d["totals"]["backends"] = {b: {"latency_ms": v.get("latency_ms")}
+        d["totals"]["backends"] = {b: {"latency_ms": v.latency_ms}
                                    for b, v in report.backends.items()}
-        d["backends"] = report.backends
+        d["backends"] = {b: v.to_dict() for b, v in report.backends.items()}
     return d
 
 
@@ -290,7 +293,7 @@ def analysis_csv(report: AnalysisReport, depth: int | None = None) -> str:
                    + [csv_cell(_on(r, b)) for b in extra])
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
                 report.flops, csv_cell(report.latency_ms)]
-               + [csv_cell(report.backends[b].get("latency_ms")) for b in extra])
+               + [csv_cell(report.backends[b].latency_ms) for b in extra])
     w.writerow(["total (conv + linear + attention: papers' convention)", "", "", "", "", "", "",
                 "", "", "", report.params, report.paper_macs, 2 * report.paper_macs, ""])
     for n, p in report.never_called:
@@ -322,7 +325,7 @@ def analysis_markdown(report: AnalysisReport, depth: int | None = None) -> str:
              f"**{human(report.macs)}**", f"**{human(report.flops)}**", "100.0%"]
     if timed:
         total += [f"**{fmt_ms(report.latency_ms)}**",
-                  *[f"**{fmt_ms(report.backends[b].get('latency_ms'))}**" for b in extra]]
+                  *[f"**{fmt_ms(report.backends[b].latency_ms)}**" for b in extra]]
     rows.append(total)
     parts = [f"## convcost analyze: {report.name}", "",
              f"Source `{report.source}`, input {inputs} "

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.text import Text as RichText
 
+    from convcost.figures import KernelTiming
+
 from convcost.report.layout import Col, plain_text, rich_text
 from convcost.timing.status import Status
 from convcost.units import fmt_ms
@@ -61,8 +63,8 @@ def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "",
     """Latency columns (when timed), roofline ones (when any row has one; % bound and bound when
     calibrated), with their priorities: (columns, roof, peaks). ``label`` names the latency
     column ('latency eager' when several backends are shown)."""
-    roof = timed and any((r.timing or {}).get("roofline") for r in rows)
-    peaks = roof and any("bound" in (r.timing or {}).get("roofline", {}) for r in rows)
+    roof = timed and any(roofline_of(r.timing) for r in rows)
+    peaks = roof and any("bound" in (roofline_of(r.timing) or {}) for r in rows)
     cols = []
     if timed:
         cols += [Col(label, "right", 75, latency_footer), Col("±IQR", "right", 35)]
@@ -92,20 +94,28 @@ def to_console_text(renderables: Iterable[RenderableType], width: int | None = N
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
 
 
-def iqr_cell(timing: dict[str, Any] | None) -> str:
-    m = (timing or {}).get("measurement")
-    if not m or m.get("rel_iqr") is None:
-        return "failed" if (timing or {}).get("error") or (m or {}).get("error") else ""
-    flag = "" if m.get("converged") else "!"
-    return f"{100 * m['rel_iqr']:.1f}%{flag}"
+def roofline_of(timing: KernelTiming | None) -> dict[str, Any] | None:
+    """A timing record's roofline figures, if any."""
+    return timing.roofline if timing is not None else None
 
 
-def source_cell(timing: dict[str, Any] | None) -> str:
+def iqr_cell(timing: KernelTiming | None) -> str:
+    """'2.1%' (IQR / median), '2.1%!' when the measurement did not converge, 'failed'."""
+    if timing is None:
+        return ""
+    m = timing.measurement
+    if m.rel_iqr is None:
+        return "failed" if timing.failed else ""
+    return f"{100 * m.rel_iqr:.1f}%{'' if m.converged else '!'}"
+
+
+def source_cell(timing: KernelTiming | None) -> str:
     """'cached 2026-11-23' for a figure reused from the latency table, else ''."""
-    t = timing or {}
-    if t.get("source") == "cached" and t.get("cached_at"):
-        return f"cached {t['cached_at'][:10]}"
-    status = Status.of(t.get("source"))
+    if timing is None:
+        return ""
+    if timing.source == Status.CACHED.value and timing.cached_at:
+        return f"cached {timing.cached_at[:10]}"
+    status = Status.of(timing.source)
     return status.missing_text if status in (Status.BUDGET, Status.INTERRUPTED) else ""
 
 

@@ -15,6 +15,7 @@ from convcost.report.common import (
     json_text,
     md_table,
     roof_cells,
+    roofline_of,
     timing_cols,
     timing_lines,
     to_console_text,
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.text import Text as RichText
 
+    from convcost.figures import LatencyFigure
+    from convcost.variants.compare import CompareReport, CompareRow, LayerCompare
+
 COMPARE_CONVENTIONS = {
     **CONVENTIONS,
     "ratio": "variant / baseline (the layer or model as it is); counted by fvcore on real modules",
@@ -42,7 +46,7 @@ LEGEND = ("Ratios: variant / original; analytic: closed form (weights, bias excl
           "per-round ratios of interleaved rounds, 95% bootstrap interval in brackets.")
 
 
-def _noisy(row: Any) -> bool:
+def _noisy(row: LatencyFigure) -> bool:
     """A measured ratio whose interval is too wide to quote (see stats.PairedRatio)."""
     if row.ratio_latency is None or row.latency_ci is None or row.latency_source == SAME:
         return False
@@ -50,7 +54,7 @@ def _noisy(row: Any) -> bool:
                            row.latency_rounds or 0).supports_headline
 
 
-def _latency_phrase(row: Any) -> str:
+def _latency_phrase(row: LatencyFigure) -> str:
     if row.latency_source == SAME:
         return "= original"
     if row.ratio_latency is None or row.latency_ci is None:
@@ -61,7 +65,7 @@ def _latency_phrase(row: Any) -> str:
     return f"latency {fmt_ratio(row.ratio_latency)}"
 
 
-def _headline(row: Any, backends: list[str | None] | None = None) -> str:
+def _headline(row: CompareRow, backends: list[str | None] | None = None) -> str:
     """'MACs x0.031, latency x6.40', 'MACs x0.25, noisy: x0.2-x1.4' or 'MACs x1.00, = original';
     with several backends one latency phrase each: 'MACs x0.25, latency x0.63 eager, latency
     x0.40 onnxruntime'."""
@@ -79,14 +83,16 @@ def _headline(row: Any, backends: list[str | None] | None = None) -> str:
     return ", ".join([*parts, "latency " + " / ".join(lats)] if lats else parts)
 
 
-def backend_names(report: Any) -> list[str | None]:
+def backend_names(report: CompareReport) -> list[str | None]:
     """The backends of a timed report when there are several (in run order), else [None]: the
     row's own fields."""
-    names = list(((report.timing or {}).get("backends") or {}).keys())
+    names: list[str | None] = []
+    for _, r in report.keyed_rows():
+        names += [b for b in r.backends if b not in names]
     return names if len(names) > 1 else [None]
 
 
-def _ratio_cell(row: Any) -> str:
+def _ratio_cell(row: LatencyFigure) -> str:
     """'x0.705 [0.681, 0.729]' (the paired latency ratio and its 95% interval)."""
     if row.latency_source == SAME:
         return "x1 (same kernel)"
@@ -98,19 +104,19 @@ def _ratio_cell(row: Any) -> str:
     return f"{fmt_ratio(row.ratio_latency)} [{lo:.3g}, {hi:.3g}]"
 
 
-def _note(row: Any, backends: list[str | None] | None = None) -> str:
+def _note(row: CompareRow, backends: list[str | None] | None = None) -> str:
     """The row's notes in one cell (Markdown, the wide form)."""
     return "; ".join(_notes(row, backends))
 
 
-def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
+def _notes(row: CompareRow, backends: list[str | None] | None = None) -> list[str]:
     if row.skipped:
         return [f"skipped: {row.skipped}"]
     notes = list(row.warnings)
     names = backends or [None]
     for b in reversed(names):
         rb = row.on(b)
-        err = (rb.timing or {}).get("error")
+        err = rb.timing.error if rb.timing is not None else None
         if err:
             if b is None:
                 text = f"timing failed: {err}"
@@ -127,7 +133,7 @@ def _notes(row: Any, backends: list[str | None] | None = None) -> list[str]:
         notes.insert(0, Status(row.latency_source).missing_text)
     elif row.latency_source == CACHED and row.cached_at:
         notes.append(f"cached {row.cached_at[:10]}")
-    g = ((row.timing or {}).get("measurement") or {}).get("graph_median_ms")
+    g = row.timing.measurement.graph_median_ms if row.timing is not None else None
     if g is not None and row.latency_source != SAME:
         notes.append(f"CUDA graph: {fmt_ms(g)}")
     return notes
@@ -138,10 +144,10 @@ def _status_word(source: str | None) -> str:
     return status.missing_text if status is not None else "not measured"
 
 
-def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
+def _merged(rows: list[CompareRow]) -> list[tuple[CompareRow, str]]:
     """(row, label) with consecutive skipped rows of one variant and reason merged:
     'pointwise-grouped g=2,4,8' instead of three identical skip rows (JSON keeps them all)."""
-    out: list[tuple[Any, str]] = []
+    out: list[tuple[CompareRow, str]] = []
     for r in rows:
         prev = out[-1][0] if out else None
         if (r.skipped and prev is not None and prev.skipped == r.skipped
@@ -152,16 +158,15 @@ def _merged(rows: list[Any]) -> list[tuple[Any, str]]:
     return out
 
 
-def _any_latency(report: Any) -> bool:
-    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]] + list(report.model_rows)
-    return any(r.latency_ms is not None for r in rows)
+def _any_latency(report: CompareReport) -> bool:
+    return any(r.latency_ms is not None for _, r in report.keyed_rows())
 
 
 class _View:
     """What every compare table shares: whether it is timed, the backends, their columns and
     cells, and the footnotes."""
 
-    def __init__(self, report: Any) -> None:
+    def __init__(self, report: CompareReport) -> None:
         self.timed = _any_latency(report)
         self.bn = backend_names(report)
         self.extra = [b for b in self.bn[1:] if b is not None]
@@ -172,20 +177,21 @@ class _View:
         return [c for b in self.extra for c in (Col(f"latency {b}", "right", 74),
                                                 Col(f"latency ratio {b}", "right", 65))]
 
-    def extra_cells(self, r: Any, first: bool) -> list[str]:
+    def extra_cells(self, r: CompareRow, first: bool) -> list[str]:
         return [c for b in self.extra for c in (_latency_cell(r.on(b)),
                                                 "" if first else _ratio_cell(r.on(b)))]
 
-    def tail(self, r: Any, first: bool) -> list[str]:
+    def tail(self, r: CompareRow, first: bool) -> list[str]:
         """The headline and notes cells."""
         return ["baseline" if first else _headline(r, self.bn), self.notes.ref(_notes(r, self.bn))]
 
 
-def _layer_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[str]]:
+def _layer_table(report: CompareReport, v: _View,
+                 width: int | None) -> tuple[RenderableType, list[str]]:
     """Per-layer variant rows (the layer's original first), one section per layer."""
     title = (f"convcost compare: {report.name}" if not report.is_model
              else f"convcost compare: {report.name}, per layer")
-    all_rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
+    all_rows = [r for lc in report.layers for r in lc.all_rows]
     tcols, roof, peaks = timing_cols(all_rows, v.timed, label=f"latency{v.suffix}")
     cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
             if report.is_model else [])
@@ -201,23 +207,24 @@ def _layer_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[st
     for lc in report.layers:
         if report.is_model and rows:
             sections.append(len(rows))
-        for r, label in _merged([lc.baseline, *lc.rows]):
+        for r, label in _merged(lc.all_rows):
             first = r is lc.baseline
             cells = [label, human(r.params), human(r.macs), human(r.flops),
                      fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
             if report.is_model:
                 cells = [lc.name if first else "", lc.layer.describe() if first else "", *cells]
             if v.timed:
-                cells += [_latency_cell(r), iqr_cell(r.timing)]
+                cells += [_latency_cell(r.figure), iqr_cell(r.timing)]
             if roof:
-                cells += roof_cells((r.timing or {}).get("roofline"), peaks)
+                cells += roof_cells(roofline_of(r.timing), peaks)
             if v.timed:
-                cells += ["" if first else _ratio_cell(r), *v.extra_cells(r, first)]
+                cells += ["" if first else _ratio_cell(r.figure), *v.extra_cells(r, first)]
             rows.append(cells + v.tail(r, first))
     return fit_table(cols, rows, width=width, title=title, sections=sections)
 
 
-def _model_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[str]]:
+def _model_table(report: CompareReport, v: _View,
+                 width: int | None) -> tuple[RenderableType, list[str]]:
     """Whole-model rows: the model with each variant substituted for the selected convs."""
     cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
             Col("params", "right", 62), Col("MACs", "right", 88),
@@ -228,21 +235,21 @@ def _model_table(report: Any, v: _View, width: int | None) -> tuple[Any, list[st
                  Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
     cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
     rows = []
-    for r in [report.model_baseline, *report.model_rows]:
+    for r in _model_rows(report):
         base = r is report.model_baseline
         cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                  human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                  fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
         if v.timed:
-            cells += [_latency_cell(r), iqr_cell(r.timing), "" if base else _ratio_cell(r),
-                      *v.extra_cells(r, base)]
+            cells += [_latency_cell(r.figure), iqr_cell(r.timing),
+                      "" if base else _ratio_cell(r.figure), *v.extra_cells(r, base)]
         rows.append(cells + v.tail(r, base))
     return fit_table(cols, rows, width=width,
                      title=f"convcost compare: {report.name}, whole model "
                            f"({len(report.layers)} selected convs substituted)")
 
 
-def compare_renderables(report: Any, *, per_layer: bool = True,
+def compare_renderables(report: CompareReport, *, per_layer: bool = True,
                         width: int | None = None) -> list[RenderableType]:
     """Rich tables: per-layer variant rows, then whole-model rows (for a SOURCE), fitted to
     ``width`` (None: every column); notes as numbered footnotes below. With several backends,
@@ -268,20 +275,24 @@ def compare_renderables(report: Any, *, per_layer: bool = True,
     return out
 
 
-def _all_rows(report: Any) -> list[Any]:
-    rows = [r for lc in report.layers for r in [lc.baseline, *lc.rows]]
-    if report.is_model:
-        rows += [report.model_baseline, *report.model_rows]
-    return rows
+def _all_rows(report: CompareReport) -> list[CompareRow]:
+    return [r for _, r in report.keyed_rows()]
 
 
-def _footer(report: Any) -> list[RichText]:
+def _model_rows(report: CompareReport) -> list[CompareRow]:
+    """The whole-model rows, the original model first (none for a single layer)."""
+    if report.model_baseline is None:
+        return []
+    return [report.model_baseline, *report.model_rows]
+
+
+def _footer(report: CompareReport) -> list[RichText]:
     """Whole model vs its convs alone, the timing lines, noisy ratios, notes."""
     out: list[RichText] = []
     sums = (report.timing or {}).get("layers_sum_ms")
     if report.is_model and isinstance(sums, dict):
         parts = []
-        for r in [report.model_baseline, *report.model_rows]:
+        for r in _model_rows(report):
             if r.skipped:
                 continue
             key = "original" if r is report.model_baseline else r.label
@@ -302,17 +313,17 @@ def _footer(report: Any) -> list[RichText]:
     return out
 
 
-def _latency_cell(r: Any) -> str:
+def _latency_cell(r: LatencyFigure) -> str:
     if r.latency_source == SAME:
         return "= original"
     if r.latency_ms is None:
-        if (r.timing or {}).get("error"):
+        if r.timing is not None and r.timing.error:
             return "failed"
         return "not measured" if r.latency_source in (BUDGET, INTERRUPTED) else "-"
     return fmt_ms(r.latency_ms)
 
 
-def _row_dict(r: Any) -> dict[str, Any]:
+def _row_dict(r: CompareRow) -> dict[str, Any]:
     d = {
         "layer": r.layer, "variant": r.variant, "groups": r.groups, "label": r.label,
         "params": r.params, "macs": r.macs, "flops": r.flops, "latency_ms": r.latency_ms,
@@ -323,21 +334,16 @@ def _row_dict(r: Any) -> dict[str, Any]:
         "formula": r.formula, "paper": r.paper, "skipped": r.skipped, "warnings": r.warnings,
     }
     if r.timing is not None:
-        d["timing"] = r.timing
+        d["timing"] = r.timing.to_dict()
     if r.backends:
-        d["backends"] = {name: {"latency_ms": f.latency_ms, "ratio_latency": f.ratio_latency,
-                                "latency_ratio_ci": list(f.latency_ci) if f.latency_ci else None,
-                                "latency_rounds": f.latency_rounds,
-                                "latency_source": f.latency_source, "cached_at": f.cached_at,
-                                "timing": f.timing}
-                         for name, f in r.backends.items()}
+        d["backends"] = {name: f.to_dict() for name, f in r.backends.items()}
     if r.substituted is not None:
         d["substituted"] = r.substituted
         d["kept"] = [{"layer": n, "reason": why} for n, why in r.kept]
     return d
 
 
-def _layer_info(lc: Any) -> dict[str, Any]:
+def _layer_info(lc: LayerCompare) -> dict[str, Any]:
     L = lc.layer
     return {"name": lc.name, "in": L.cin, "out": L.cout, "kernel": list(L.kernel),
             "stride": list(L.stride), "padding": list(L.padding), "dilation": list(L.dilation),
@@ -345,7 +351,7 @@ def _layer_info(lc: Any) -> dict[str, Any]:
             "output_shape": list(L.output_shape)}
 
 
-def compare_dict(report: Any) -> dict[str, Any]:
+def compare_dict(report: CompareReport) -> dict[str, Any]:
     """The compare JSON contract (docs/json.md), plus extra fields."""
     d: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tool": report_meta(),
                          "source": report.source, "name": report.name,
@@ -387,12 +393,12 @@ _BACKEND_FIELDS = ["latency_ms", "ratio_latency", "ratio_latency_lo", "ratio_lat
                    "latency_source"]
 
 
-def _backend_cells(r: Any) -> list[Any]:
+def _backend_cells(r: LatencyFigure) -> list[Any]:
     lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
     return [r.latency_ms, r.ratio_latency, lo, hi, r.latency_source]
 
 
-def compare_csv(report: Any) -> str:
+def compare_csv(report: CompareReport) -> str:
     """One row per layer variant (and whole-model variant); the latency fields are the first
     backend's, and with several backends each gets its own ``<field>:<backend>`` columns."""
     buf = io.StringIO()
@@ -415,7 +421,7 @@ def compare_csv(report: Any) -> str:
     return buf.getvalue()
 
 
-def compare_markdown(report: Any) -> str:
+def compare_markdown(report: CompareReport) -> str:
     timed = _any_latency(report)
     bn = backend_names(report)
     suffix = f" {bn[0]}" if bn[0] is not None else ""
@@ -423,7 +429,7 @@ def compare_markdown(report: Any) -> str:
     lat_heads = ([f"latency{suffix}", f"latency ratio{suffix}"]
                  + [h for b in extra for h in (f"latency {b}", f"latency ratio {b}")]) if timed else []
 
-    def lat_cells(r: Any, base: bool) -> list[str]:
+    def lat_cells(r: CompareRow, base: bool) -> list[str]:
         if not timed:
             return []
         return [c for b in bn for c in (_latency_cell(r.on(b)),
@@ -435,7 +441,7 @@ def compare_markdown(report: Any) -> str:
                "formula", *lat_heads, "headline", "note"]
     rows = []
     for lc in report.layers:
-        for r, label in _merged([lc.baseline, *lc.rows]):
+        for r, label in _merged(lc.all_rows):
             base = r is lc.baseline
             row = [f"`{lc.name}`" if report.is_model else "layer", label, human(r.params),
                    human(r.macs), fmt_ratio(r.ratio_params), fmt_ratio(r.ratio_macs),
@@ -446,7 +452,7 @@ def compare_markdown(report: Any) -> str:
         mh = ["variant", "replaced", "params", "MACs", "params ratio", "MACs ratio",
               "analytic (convs)", *lat_heads, "headline", "note"]
         mrows = []
-        for r in [report.model_baseline, *report.model_rows]:
+        for r in _model_rows(report):
             base = r is report.model_baseline
             row = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                    human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
@@ -460,7 +466,7 @@ def compare_markdown(report: Any) -> str:
     return "\n".join(parts)
 
 
-def render_compare(report: Any, fmt: str, *, width: int | None = None,
+def render_compare(report: CompareReport, fmt: str, *, width: int | None = None,
                    per_layer: bool = True) -> str:
     if fmt == "json":
         return json_text(compare_dict(report)) + "\n"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from convcost.errors import InputError
+from convcost.report.compare import backend_names
 
 
 def _plt() -> Any:
@@ -37,16 +38,15 @@ def plot_compare(report: Any, path: Path) -> Path:
         base, rows, title = lc.baseline, lc.rows, report.name
     if not any(r.latency_ms for r in [base, *rows]):
         return _plot_counts(plt, [r for r in rows if not r.skipped], title, path)
-    names = list(((report.timing or {}).get("backends") or {}).keys())
-    names = names if len(names) > 1 else [None]  # one backend: the rows' own fields
+    names = backend_names(report)  # [None] for one backend: the rows' first figures
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     allv: list[float] = []
     for b in names:
-        pts = [r.on(b) for r in rows if r.ratio_macs and r.on(b).ratio_latency]
+        pts = [r for r in rows if r.ratio_macs and r.on(b).ratio_latency]
         if not pts:
             continue
         xs = [r.ratio_macs for r in pts]
-        ys = [r.ratio_latency for r in pts]
+        ys = [r.on(b).ratio_latency for r in pts]
         allv += xs + ys
         ax1.scatter(xs, ys, zorder=3, label=b)
         for r, x, y in zip(pts, xs, ys, strict=True):
@@ -70,9 +70,9 @@ def plot_compare(report: Any, path: Path) -> Path:
     width = 0.8 / len(names)
     for j, b in enumerate(names):
         vals = [r.on(b).latency_ms or 0.0 for r in bars]
-        ms = [((r.on(b).timing or {}).get("measurement") or {}) for r in bars]
-        lo_e = [max(0.0, v - (m.get("q1_ms") or v)) for v, m in zip(vals, ms, strict=True)]
-        hi_e = [max(0.0, (m.get("q3_ms") or v) - v) for v, m in zip(vals, ms, strict=True)]
+        ms = [r.on(b).timing.measurement if r.on(b).timing is not None else None for r in bars]
+        lo_e = [max(0.0, v - ((m.q1_ms if m else None) or v)) for v, m in zip(vals, ms, strict=True)]
+        hi_e = [max(0.0, ((m.q3_ms if m else None) or v) - v) for v, m in zip(vals, ms, strict=True)]
         pos = [i + (j - (len(names) - 1) / 2) * width for i in range(len(bars))]
         colors = None if b is not None else ["tab:grey"] + ["tab:blue"] * (len(bars) - 1)
         ax2.bar(pos, vals, width=width, yerr=[lo_e, hi_e], capsize=3, color=colors, label=b)

@@ -22,7 +22,7 @@ from torch import nn
 
 from convcost.counting.formulas import conv_out_size
 from convcost.errors import InputError, SpecError
-from convcost.sources.lines import LineDict
+from convcost.sources.lines import FileValidator, LineDict
 
 Shape = tuple[int, ...]
 
@@ -157,11 +157,11 @@ class Spec:
 # --------------------------------------------------------------------------- parsing
 
 
-class SpecContext:
-    """Where we are in the file, to build precise one-line errors."""
+class SpecContext(FileValidator):
+    """Where we are in the spec file, to build precise one-line errors (SpecError)."""
 
     def __init__(self, file: str) -> None:
-        self.file = file
+        super().__init__(file)
         self.count = 0
 
     def err(
@@ -173,8 +173,8 @@ class SpecContext:
         layer: str | None = None,
         line: int | None = None,
     ) -> SpecError:
-        if line is None and isinstance(node, LineDict):
-            line = node.line_of(key) if key is not None else node.line
+        if line is None:
+            line = self.line(node, key)
         return SpecError(msg, file=self.file, line=line, layer=layer, key=key)
 
 
@@ -230,10 +230,10 @@ def _shape(ctx: SpecContext, v: Any, key: str, node: Any, layer: str | None) -> 
 
 
 def _check_keys(ctx: SpecContext, d: dict, allowed: tuple[str, ...], what: str, layer: str | None) -> None:
-    for k in d:
-        if k not in allowed:
-            raise ctx.err(f"unknown key in {what}; allowed: {', '.join(allowed)}", node=d,
-                          key=str(k), layer=layer)
+    k = ctx.unknown_key(d, allowed)
+    if k is not None:
+        raise ctx.err(f"unknown key in {what}; allowed: {', '.join(allowed)}", node=d,
+                      key=str(k), layer=layer)
 
 
 def _op_args(ctx: SpecContext, raw: dict, op: str, label: str, allowed: tuple[str, ...]) -> dict:

@@ -29,12 +29,13 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from convcost.errors import first_line
+from convcost.figures import Measurement
 from convcost.timing.device import Numerics, numerics
 from convcost.timing.stats import rel_iqr, round_ratios, summarize
 
@@ -70,44 +71,6 @@ class TimingConfig:
     warmup_calls: int = 3
     cuda_graph: bool = True
     burst_s: float = BURST_S
-
-
-@dataclass
-class Measurement:
-    """Summary of one timed callable (milliseconds per call).
-
-    ``stop`` says why sampling ended: ``iqr`` (IQR/median under the target), ``median`` (the
-    median known to the target precision), ``settled`` (the running median stopped moving),
-    ``cap`` (its time cap), ``deadline`` (the run's time budget) or ``error``; ``converged`` is
-    true for the first three.
-    """
-
-    median_ms: float | None = None
-    iqr_ms: float | None = None
-    q1_ms: float | None = None
-    q3_ms: float | None = None
-    min_ms: float | None = None
-    max_ms: float | None = None
-    n: int = 0
-    calls_per_sample: int = 1
-    converged: bool = False
-    sampling_s: float = 0.0
-    graph_median_ms: float | None = None
-    error: str | None = None
-    rounds: int = 0
-    median_rse: float | None = None
-    stop: str | None = None
-
-    @property
-    def rel_iqr(self) -> float | None:
-        if self.median_ms is None or self.iqr_ms is None or not self.median_ms:
-            return None
-        return self.iqr_ms / self.median_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["rel_iqr"] = self.rel_iqr
-        return d
 
 
 def median_rse(values: Sequence[float]) -> float | None:

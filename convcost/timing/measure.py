@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from convcost.counting.analysis import AnalysisReport
+from convcost.figures import KernelTiming, LatencyFigure, Measurement, ModelLatency
 from convcost.timing.engine import (
     BUDGET,
     CACHED,
@@ -27,12 +28,20 @@ from convcost.timing.engine import (
     PairResult,
     TimingEngine,
 )
-from convcost.timing.harness import Measurement, TimingConfig
+from convcost.timing.harness import TimingConfig
 from convcost.timing.kernel import Kernel
 from convcost.timing.roofline import Peaks, compulsory_bytes, lookup, roofline
 from convcost.timing.status import Status
-from convcost.variants.catalogue import Variant, build, conv_module
-from convcost.variants.compare import ORIGINAL, CompareReport, CompareRow, LatencyFigure, substitute
+from convcost.variants.catalogue import ConvLayer, Variant
+from convcost.variants.compare import (
+    MODEL_ROWS,
+    ORIGINAL,
+    CompareReport,
+    CompareRow,
+    RowKey,
+    VariantCounter,
+    substitute,
+)
 
 
 @dataclass
@@ -96,19 +105,16 @@ def _finish_run(run: TimingRun, engine: TimingEngine) -> None:
     run.notices = list(engine.table.notices)
 
 
-def _timing_dict(kr: KernelResult) -> dict[str, Any]:
-    """The row's ``timing`` object: measurement (or error), where the figure came from."""
+def kernel_timing(kr: KernelResult, *, source: str | None = None,
+                  pair: dict[str, Any] | None = None,
+                  roofline: dict[str, Any] | None = None) -> KernelTiming:
+    """A kernel's timing record: its measurement (or the error standing in for one), where the
+    figure came from (``source`` overrides the kernel's status: ``same``), setup and checks."""
     m = kr.measurement or Measurement(error=kr.error or _status_text(kr.status))
-    d: dict[str, Any] = {"measurement": m.to_dict(), "source": kr.status}
-    if kr.setup_s is not None:
-        d["setup_s"] = kr.setup_s  # compile / export / session: outside the measurement
-    if kr.check is not None:
-        d["output_check"] = kr.check
-    if kr.cached_at:
-        d["cached_at"] = kr.cached_at
-    if kr.status == FAILED:
-        d["error"] = kr.error
-    return d
+    return KernelTiming(measurement=m, source=source or kr.status, setup_s=kr.setup_s,
+                        output_check=kr.check, cached_at=kr.cached_at or None,
+                        error=kr.error if kr.status == FAILED else None, pair=pair,
+                        roofline=roofline or None)
 
 
 def _status_text(status: str) -> str:
@@ -186,152 +192,191 @@ def _backend_summary(e: TimingEngine) -> dict[str, Any]:
 # --------------------------------------------------------------------------- analyze
 
 
+@dataclass
+class AnalysisTiming:
+    """What timing an analysis returns: per timed layer row (by its index in the report's
+    layers) one figure per backend, the whole model's per backend, the run's summary (the
+    report's ``timing`` object) and device; :meth:`AnalysisReport.with_figures` attaches them."""
+
+    run: TimingRun
+    layers: dict[int, dict[str, LatencyFigure]]
+    model: dict[str, ModelLatency]
+    summary: dict[str, Any]
+    device: dict[str, Any]
+
+    def attach(self, report: AnalysisReport) -> AnalysisReport:
+        return report.with_figures(self.layers, self.model, device=self.device,
+                                   timing=self.summary)
+
+
 def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[tuple[int, ...]],
-                  engines: TimingEngine | Sequence[TimingEngine]) -> TimingRun:
+                  engines: TimingEngine | Sequence[TimingEngine]) -> AnalysisTiming:
     """Time the whole model forward and each conv/linear row's kernel in isolation, on each
-    engine's backend; the first backend's figures are the report's own latency fields."""
+    engine's backend (the first backend's figures are the report's own latency fields)."""
     engines = _engines(engines)
     several = len(engines) > 1
     modules = dict(model.named_modules())
-    rows = [r for r in report.layers if r.op in ("conv", "linear") and r.in_shape and r.calls >= 1
-            and r.name in modules]
+    rows = [(i, r) for i, r in enumerate(report.layers) if r.op in ("conv", "linear")
+            and r.in_shape and r.calls >= 1 and r.name in modules]
     shapes = [tuple(s) for s in input_shapes]
     model_kernel = Kernel(model, shapes, None, report.macs, f"model {report.name}", "model")
     row_kernels = [Kernel(modules[r.name], [tuple(r.in_shape)],
                           tuple(r.out_shape) if r.out_shape else None, r.macs // max(1, r.calls))
-                   for r in rows]
+                   for _, r in rows]
     keys = []
     for e in engines:
         mk = e.add_group([model_kernel], paired=False, label="whole model")[0]
         keys.append((mk, [e.add_group([k], paired=False, label=r.name)[0]
-                          for r, k in zip(rows, row_kernels, strict=True)]))
+                          for (_, r), k in zip(rows, row_kernels, strict=True)]))
     _run_all(engines)
     run = _merge_runs(engines, shapes[0][0] if shapes and shapes[0] else None)
-    dtype = engines[0].cfg.numerics.dtype
-    first_sums: dict[str, float] = {}
-    for n, (e, (model_key, row_keys)) in enumerate(zip(engines, keys, strict=True)):
-        mk = e.kernel(model_key)
+    out = AnalysisTiming(run, {}, {}, {}, run.device)
+    for e, (model_key, row_keys) in zip(engines, keys, strict=True):
         seen: set[str] = set()
+        mk = e.kernel(model_key)
         _record(run, _tag("(model)", e, several), mk, model_key, seen)
-        mtiming = _timing_dict(mk)
-        report.backends[e.backend] = {"latency_ms": mk.median_ms, "timing": mtiming}
         layer_ms: dict[str, float] = {}
-        for r, key in zip(rows, row_keys, strict=True):
+        for (i, r), key in zip(rows, row_keys, strict=True):
             kr = e.kernel(key)
             _record(run, _tag(r.name, e, several), kr, key, seen)
-            t = _timing_dict(kr)
+            rl = None
             if kr.median_ms is not None:
                 layer_ms[r.name] = kr.median_ms * r.calls
                 rl = roofline(r.flops // max(1, r.calls), compulsory_bytes(
-                    modules[r.name], r.in_shape, r.out_shape or [], dtype), kr.median_ms,
-                    run.peaks, dtype)
-                if rl:
-                    t["roofline"] = rl
-            r.backends[e.backend] = {"latency_ms": kr.median_ms, "timing": t}
-            if n == 0:
-                r.timing, r.latency_ms = t, kr.median_ms
-        report.backends[e.backend]["layers_sum_ms"] = sum(layer_ms.values()) if layer_ms else None
-        report.backends[e.backend]["layers_timed"] = len(layer_ms)
-        if n == 0:
-            report.latency_ms = mk.median_ms
-            report.timing = {"model": mtiming["measurement"], "model_source": mk.status}
-            first_sums = layer_ms
+                    modules[r.name], r.in_shape, r.out_shape or [], e.cfg.numerics.dtype),
+                    kr.median_ms, run.peaks, e.cfg.numerics.dtype)
+            out.layers.setdefault(i, {})[e.backend] = LatencyFigure(
+                latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl))
+        out.model[e.backend] = ModelLatency(mk.median_ms, kernel_timing(mk),
+                                            sum(layer_ms.values()) if layer_ms else None,
+                                            len(layer_ms))
     _dedupe(run)
-    report.device = run.device
-    t = report.timing
-    t.update(run.summary())
-    t["layers_sum_ms"] = sum(first_sums.values()) if first_sums else None
-    t["layers_timed"] = len(first_sums)
-    return run
+    first = next(iter(out.model.values()))
+    out.summary = {"model": first.timing.measurement.to_dict() if first.timing else None,
+                   "model_source": first.timing.source if first.timing else None,
+                   **run.summary(), "layers_sum_ms": first.layers_sum_ms,
+                   "layers_timed": first.layers_timed}
+    return out
 
 
 # --------------------------------------------------------------------------- compare
 
 
-def _fill_row(row: CompareRow, kr: KernelResult, pr: PairResult | None, *, same: bool,
-              roof: dict[str, Any] | None = None, backend: str = "eager",
-              primary: bool = True) -> None:
-    """Write one backend's figure of ``row`` (and, for the first backend, the row's own latency
-    fields)."""
-    fig = LatencyFigure(timing=_timing_dict(kr), latency_ms=kr.median_ms,
-                        latency_source=SAME if same else kr.status, cached_at=kr.cached_at)
+def _figure(kr: KernelResult, pr: PairResult | None, *, same: bool, base: bool,
+            roof: dict[str, Any] | None) -> LatencyFigure:
+    """One row's figure on one backend: the kernel's median and, for a variant, its paired
+    ratio to the original (``same``: the original's own kernel, ratio 1 by definition)."""
     if same:
-        fig.timing["source"] = SAME
-        fig.ratio_latency, fig.latency_ci = 1.0, (1.0, 1.0)
+        return LatencyFigure(kr.median_ms, 1.0, (1.0, 1.0), None, SAME, kr.cached_at,
+                             kernel_timing(kr, source=SAME, roofline=roof))
+    ratio = ci = rounds = pair = None
+    if base:
+        ratio = 1.0 if kr.median_ms is not None else None
     elif pr is not None and pr.ratio is not None:
-        fig.ratio_latency, fig.latency_ci = pr.ratio.ratio, (pr.ratio.lo, pr.ratio.hi)
-        fig.latency_rounds = pr.ratio.rounds
-        fig.timing["pair"] = {**pr.ratio.to_dict(), "source": pr.status}
+        ratio, ci, rounds = pr.ratio.ratio, (pr.ratio.lo, pr.ratio.hi), pr.ratio.rounds
+        pair = {**pr.ratio.to_dict(), "source": pr.status}
         if pr.cached_at:
-            fig.timing["pair"]["cached_at"] = pr.cached_at
-    if roof:
-        fig.timing["roofline"] = roof
-    row.backends[backend] = fig
-    if primary:
-        row.show(fig)
+            pair["cached_at"] = pr.cached_at
+    return LatencyFigure(kr.median_ms, ratio, ci, rounds, kr.status, kr.cached_at,
+                         kernel_timing(kr, pair=pair, roofline=roof))
+
+
+@dataclass
+class CompareTiming:
+    """What timing a comparison returns: one figure per backend for each row (keyed as
+    :meth:`CompareReport.keyed_rows`), the run's summary and device;
+    :meth:`CompareReport.with_figures` attaches them."""
+
+    run: TimingRun
+    figures: dict[RowKey, dict[str, LatencyFigure]]
+    summary: dict[str, Any]
+    device: dict[str, Any]
+    dtype: str
+
+    def attach(self, report: CompareReport) -> CompareReport:
+        return report.with_figures(self.figures, device=self.device, timing=self.summary,
+                                   dtype=self.dtype)
+
+
+@dataclass
+class _Plan:
+    """One paired group: the rows (original first), their keys, kernels and modules."""
+
+    rows: list[tuple[RowKey, CompareRow]]
+    kernels: list[Kernel]
+    modules: list[nn.Module]
+    layer: ConvLayer | None  # None: the whole model
+    label: str
+
+
+def _plans(report: CompareReport, built: VariantCounter, model: nn.Module | None,
+           input_shapes: list[tuple[int, ...]] | None) -> list[_Plan]:
+    """A paired group per layer (its original and unskipped variants) and one for the whole
+    model, measuring the modules counting built."""
+    modules = dict(model.named_modules()) if model is not None else {}
+    plans = []
+    for i, lc in enumerate(report.layers):
+        rows = [((i, j), r) for j, r in enumerate(lc.all_rows) if j == 0 or not r.skipped]
+        L = lc.layer
+        mods = [modules.get(lc.name) or built.module(L, None)]
+        mods += [built.module(L, Variant(r.variant, r.groups)) for _, r in rows[1:]]
+        kernels = [Kernel(m, [L.input_shape], L.output_shape, r.macs)
+                   for m, (_, r) in zip(mods, rows, strict=True)]
+        plans.append(_Plan(rows, kernels, mods, L, lc.name))
+    if report.is_model and model is not None and input_shapes is not None:
+        rows = [((MODEL_ROWS, j), r) for j, r in
+                enumerate([report.model_baseline, *report.model_rows]) if j == 0 or not r.skipped]
+        shapes = [tuple(s) for s in input_shapes]
+        mods = [model] + [built.models.get(Variant(r.variant, r.groups))
+                          or substitute(model, report.layers, Variant(r.variant, r.groups))[0]
+                          for _, r in rows[1:]]
+        kernels = [Kernel(m, shapes, None, r.macs, f"model {report.name} {r.label}", "model")
+                   for m, (_, r) in zip(mods, rows, strict=True)]
+        plans.append(_Plan(rows, kernels, mods, None, "model"))
+    return plans
 
 
 def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingEngine],
                  model: nn.Module | None = None,
-                 input_shapes: list[tuple[int, ...]] | None = None) -> TimingRun:
+                 input_shapes: list[tuple[int, ...]] | None = None,
+                 built: VariantCounter | None = None) -> CompareTiming:
     """Time every layer's original and variants (paired, one group per unique layer), then the
-    whole model, original vs each substituted model (paired), on each engine's backend."""
+    whole model, original vs each substituted model (paired), on each engine's backend.
+    ``built`` holds the modules counting built (they are measured; others are built here)."""
     engines = _engines(engines)
     several = len(engines) > 1
-    modules = dict(model.named_modules()) if model is not None else {}
-    dtype = engines[0].cfg.numerics.dtype
-    plans: list[tuple[list[CompareRow], list[Kernel], list[nn.Module], Any, str]] = []
-    for lc in report.layers:
-        rows = [lc.baseline, *[r for r in lc.rows if not r.skipped]]
-        L = lc.layer
-        orig = modules.get(lc.name) or conv_module(L)
-        mods = [orig] + [build(L, Variant(r.variant, r.groups)) for r in rows[1:]]
-        kernels = [Kernel(m, [L.input_shape], L.output_shape, r.macs) for m, r in
-                   zip(mods, rows, strict=True)]
-        plans.append((rows, kernels, mods, L, lc.name))
-    if report.is_model and model is not None and input_shapes is not None:
-        rows = [report.model_baseline, *[r for r in report.model_rows if not r.skipped]]
-        shapes = [tuple(s) for s in input_shapes]
-        mods = [model] + [substitute(model, report.layers, Variant(r.variant, r.groups))[0]
-                          for r in rows[1:]]
-        kernels = [Kernel(m, shapes, None, r.macs, f"model {report.name} {r.label}", "model")
-                   for m, r in zip(mods, rows, strict=True)]
-        plans.append((rows, kernels, mods, None, "model"))
-    keys = [[e.add_group(kernels, paired=True, label=label) for _, kernels, _, _, label in plans]
-            for e in engines]
+    plans = _plans(report, built or VariantCounter(), model, input_shapes)
+    keys = [[e.add_group(p.kernels, paired=True, label=p.label) for p in plans] for e in engines]
     _run_all(engines)
     run = _merge_runs(engines, report.layers[0].layer.batch if report.layers else None)
-    for n, e in enumerate(engines):
+    out = CompareTiming(run, {}, {}, run.device, engines[0].cfg.numerics.dtype)
+    for e, gkeys_of in zip(engines, keys, strict=True):
         seen: set[str] = set()
-        for (rows, _, mods, L, _), gkeys in zip(plans, keys[n], strict=True):
-            base_key = gkeys[0]
-            label = rows[0].layer
-            for i, (r, key, m) in enumerate(zip(rows, gkeys, mods, strict=True)):
+        for p, gkeys in zip(plans, gkeys_of, strict=True):
+            for i, ((rk, r), key, m) in enumerate(zip(p.rows, gkeys, p.modules, strict=True)):
                 kr = e.kernel(key)
-                same = i > 0 and key == base_key
+                same = i > 0 and key == gkeys[0]
                 if not same:
-                    _record(run, _tag(f"{label} {r.label}" if i else f"{label} {ORIGINAL}", e,
-                                      several), kr, key, seen)
+                    name = f"{p.rows[0][1].layer} {r.label if i else ORIGINAL}"
+                    _record(run, _tag(name, e, several), kr, key, seen)
                 roof = None
-                if L is not None and kr.median_ms is not None and r.flops is not None:
-                    roof = roofline(r.flops, compulsory_bytes(m, L.input_shape, L.output_shape,
-                                                              dtype), kr.median_ms, run.peaks, dtype)
-                _fill_row(r, kr, e.pair(base_key, key) if i else None, same=same, roof=roof,
-                          backend=e.backend, primary=n == 0)
-            base = rows[0].backends[e.backend]
-            base.ratio_latency = 1.0 if base.latency_ms is not None else None
-            if n == 0:
-                rows[0].ratio_latency = base.ratio_latency
+                if p.layer is not None and kr.median_ms is not None and r.flops is not None:
+                    dt = e.cfg.numerics.dtype
+                    roof = roofline(r.flops, compulsory_bytes(m, p.layer.input_shape,
+                                                              p.layer.output_shape, dt),
+                                    kr.median_ms, run.peaks, dt)
+                out.figures.setdefault(rk, {})[e.backend] = _figure(
+                    kr, e.pair(gkeys[0], key) if i else None, same=same, base=i == 0, roof=roof)
     _dedupe(run)
-    report.device = run.device
-    report.timing = run.summary()
+    out.summary = run.summary()
     if report.is_model:
-        report.timing["layers_sum_ms"] = _layer_sums(report)
+        timed = report.with_figures(out.figures, device=None, timing=None)
+        out.summary["layers_sum_ms"] = _layer_sums(timed)
         if several:
             for e in engines:
-                report.timing["backends"][e.backend]["layers_sum_ms"] = _layer_sums(report,
-                                                                                    e.backend)
-    return run
+                out.summary["backends"][e.backend]["layers_sum_ms"] = _layer_sums(timed,
+                                                                                  e.backend)
+    return out
 
 
 def _dedupe(run: TimingRun) -> None:

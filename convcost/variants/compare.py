@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from convcost.counting.analysis import LayerRow, analyze_model, random_inputs
 from convcost.counting.counters import META, count_fvcore, count_meta
 from convcost.counting.meta import MetaCountError
 from convcost.errors import first_line
+from convcost.figures import NO_FIGURE, KernelTiming, LatencyFigure
 from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
@@ -46,21 +47,12 @@ DEFAULT_LAYER = ConvLayer(cin=64, cout=64, kernel=(3, 3), stride=(1, 1), padding
 
 
 @dataclass
-class LatencyFigure:
-    """A row's latency on one backend (the fields a CompareRow shows for its first backend)."""
-
-    latency_ms: float | None = None
-    ratio_latency: float | None = None
-    latency_ci: tuple[float, float] | None = None
-    latency_rounds: int | None = None
-    latency_source: str | None = None
-    cached_at: str | None = None
-    timing: dict[str, Any] | None = None
-
-
-@dataclass
 class CompareRow:
-    """One variant of one layer (or of the whole model when ``layer`` is ``"(model)"``)."""
+    """One variant of one layer (or of the whole model when ``layer`` is ``"(model)"``).
+
+    Counting fills the counts; latency lives in ``backends`` (one typed figure per backend, in
+    run order), attached after timing by :meth:`CompareReport.with_figures`. The ``latency_*``
+    properties read the first backend's figure."""
 
     layer: str
     variant: str
@@ -75,28 +67,48 @@ class CompareRow:
     paper: float | None = None
     skipped: str | None = None
     warnings: list[str] = field(default_factory=list)
-    latency_ms: float | None = None
-    ratio_latency: float | None = None  # paired: median of per-round ratios to the original
-    latency_ci: tuple[float, float] | None = None  # bootstrap 95% interval of ratio_latency
-    latency_rounds: int | None = None
-    latency_source: str | None = None  # measured | cached | same | failed | budget | interrupted
-    cached_at: str | None = None
-    timing: dict[str, Any] | None = None
     substituted: int | None = None  # model rows: how many selected convs were replaced
     kept: list[tuple[str, str]] = field(default_factory=list)  # model rows: (layer, why kept)
     backends: dict[str, LatencyFigure] = field(default_factory=dict)  # per backend, in run order
 
-    def show(self, fig: LatencyFigure) -> None:
-        """Make ``fig`` the row's own latency fields (the first backend's figure)."""
-        for name in LatencyFigure.__dataclass_fields__:
-            setattr(self, name, getattr(fig, name))
+    @property
+    def figure(self) -> LatencyFigure:
+        """The first backend's figure (an empty one when not timed)."""
+        return next(iter(self.backends.values()), NO_FIGURE)
 
-    def on(self, backend: str | None) -> Any:
-        """The row's latency fields on ``backend`` (the row itself for None or a single
-        backend), for renderers."""
-        if backend is None or backend not in self.backends:
-            return self
-        return _RowOn(self, self.backends[backend])
+    def on(self, backend: str | None) -> LatencyFigure:
+        """The row's figure on ``backend`` (the first backend's for None or an unknown name)."""
+        return self.backends.get(backend, self.figure) if backend is not None else self.figure
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.figure.latency_ms
+
+    @property
+    def ratio_latency(self) -> float | None:
+        """Paired: the median of per-round ratios to the original."""
+        return self.figure.ratio_latency
+
+    @property
+    def latency_ci(self) -> tuple[float, float] | None:
+        """Bootstrap 95% interval of :attr:`ratio_latency`."""
+        return self.figure.latency_ci
+
+    @property
+    def latency_rounds(self) -> int | None:
+        return self.figure.latency_rounds
+
+    @property
+    def latency_source(self) -> str | None:
+        return self.figure.latency_source
+
+    @property
+    def cached_at(self) -> str | None:
+        return self.figure.cached_at
+
+    @property
+    def timing(self) -> KernelTiming | None:
+        return self.figure.timing
 
     @property
     def flops(self) -> int | None:
@@ -109,24 +121,23 @@ class CompareRow:
         return f"{ORIGINAL} (dense)" if self.groups == 1 else ORIGINAL
 
 
-class _RowOn:
-    """A CompareRow seen through one backend's latency figure (read-only)."""
-
-    def __init__(self, row: CompareRow, fig: LatencyFigure) -> None:
-        self._row, self._fig = row, fig
-
-    def __getattr__(self, name: str) -> Any:
-        if name in LatencyFigure.__dataclass_fields__:
-            return getattr(self._fig, name)
-        return getattr(self._row, name)
-
-
 @dataclass
 class LayerCompare:
     name: str
     layer: ConvLayer
     baseline: CompareRow
     rows: list[CompareRow]
+
+    @property
+    def all_rows(self) -> list[CompareRow]:
+        """The original first, then the variants."""
+        return [self.baseline, *self.rows]
+
+
+# Where a row sits in a report: (layer index, row index in LayerCompare.all_rows), or
+# (MODEL_ROWS, index in [model_baseline, *model_rows]). Timing keys its figures by it.
+RowKey = tuple[int, int]
+MODEL_ROWS = -1
 
 
 @dataclass
@@ -140,11 +151,36 @@ class CompareReport:
     notes: list[str] = field(default_factory=list)
     dtype: str = "fp32"
     device: dict[str, Any] | None = None
-    timing: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None  # the timing run's summary (docs/json.md)
 
     @property
     def is_model(self) -> bool:
         return self.model_baseline is not None
+
+    def keyed_rows(self) -> list[tuple[RowKey, CompareRow]]:
+        """Every row with its key: each layer's rows, then the whole-model rows."""
+        out = [((i, j), r) for i, lc in enumerate(self.layers) for j, r in enumerate(lc.all_rows)]
+        if self.model_baseline is not None:
+            out += [((MODEL_ROWS, j), r)
+                    for j, r in enumerate([self.model_baseline, *self.model_rows])]
+        return out
+
+    def with_figures(self, figures: Mapping[RowKey, dict[str, LatencyFigure]], *,
+                     device: dict[str, Any] | None, timing: dict[str, Any] | None,
+                     dtype: str | None = None) -> CompareReport:
+        """A new report with each row's figures attached (this one is left as it is)."""
+        def row(key: RowKey, r: CompareRow) -> CompareRow:
+            return replace(r, backends=dict(figures.get(key, {})))
+
+        layers = [replace(lc, baseline=row((i, 0), lc.baseline),
+                          rows=[row((i, j), r) for j, r in enumerate(lc.rows, 1)])
+                  for i, lc in enumerate(self.layers)]
+        mb = self.model_baseline
+        return replace(self, layers=layers, device=device, timing=timing,
+                       dtype=dtype or self.dtype,
+                       model_baseline=row((MODEL_ROWS, 0), mb) if mb is not None else None,
+                       model_rows=[row((MODEL_ROWS, j), r)
+                                   for j, r in enumerate(self.model_rows, 1)])
 
 
 class VariantCounter:
@@ -156,7 +192,9 @@ class VariantCounter:
 
     def __init__(self) -> None:
         self.cache: dict[tuple[ConvLayer, Variant | None], tuple[int, int]] = {}
-        self.built: dict[tuple[ConvLayer, Variant], nn.Module] = {}
+        # the modules counted, kept for timing: per (layer, variant), the original under None
+        self.built: dict[tuple[ConvLayer, Variant | None], nn.Module] = {}
+        self.models: dict[Variant, nn.Module] = {}  # whole models with a variant substituted
 
     def build(self, layer: ConvLayer, v: Variant) -> nn.Module:
         """The variant's module (built once per layer shape and variant; raises Skip)."""
@@ -164,6 +202,13 @@ class VariantCounter:
         if key not in self.built:
             self.built[key] = build(layer, v)
         return self.built[key]
+
+    def module(self, layer: ConvLayer, v: Variant | None) -> nn.Module:
+        """The module counted for (layer, variant), built now if it was not (timing's
+        look-up: the original under None, a plain conv of the layer's shape if none was)."""
+        if (layer, v) in self.built:
+            return self.built[(layer, v)]
+        return conv_module(layer) if v is None else self.build(layer, v)
 
     def count(self, layer: ConvLayer, v: Variant | None, module: nn.Module) -> tuple[int, int]:
         key = (layer, v)
@@ -216,6 +261,7 @@ def compare_layer(name: str, layer: ConvLayer, variants: list[Variant], counter:
     """Count every variant of one conv and its ratios to the layer as it is."""
     counter = counter or VariantCounter()
     orig_mod = original if original is not None else conv_module(layer)
+    counter.built.setdefault((layer, None), orig_mod)
     bp, bm = counter.count(layer, None, orig_mod)
     base_cf = original_closed_form(layer)
     base = CompareRow(name, ORIGINAL, layer.groups, bp, bm, 1.0, 1.0, 1.0, 1.0)
@@ -266,11 +312,12 @@ def _check_closed_form(row: CompareRow, cf: ClosedForm, params: int, macs: int) 
                             f"gives {cf.params} / {cf.macs}")
 
 
-def compare_default(layer: ConvLayer = DEFAULT_LAYER,
-                    variants: list[Variant] | None = None) -> CompareReport:
-    """Compare the variants of one standalone conv (the built-in default unless given)."""
+def compare_default(layer: ConvLayer = DEFAULT_LAYER, variants: list[Variant] | None = None,
+                    counter: VariantCounter | None = None) -> CompareReport:
+    """Compare the variants of one standalone conv (the built-in default unless given);
+    ``counter`` keeps the modules counted (for timing)."""
     vs = variants or expand_variants(("grouped", "depthwise", "separable"), (1, 2, 4, 8))
-    lc = compare_layer("layer", layer, vs)
+    lc = compare_layer("layer", layer, vs, counter)
     return CompareReport(source="built-in layer", name=layer.describe(), variants=vs, layers=[lc])
 
 
@@ -347,7 +394,8 @@ class NothingSelected(Skip):
         super().__init__("no Conv1d/Conv2d/Conv3d layer matches the selection")
 
 
-def _prefetch_on_meta(counter: Any, selected: list[Any], modules: dict[str, nn.Module],
+def _prefetch_on_meta(counter: VariantCounter, selected: list[LayerRow],
+                      modules: dict[str, nn.Module],
                       variant_names: tuple[str, ...], groups: tuple[int, ...] | None) -> None:
     """Count the variants of every selected conv in one meta pass (not one trace each)."""
     items: list[tuple[ConvLayer, Variant | None, nn.Module]] = []
@@ -371,13 +419,15 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   whole_model: bool = True, count_on: str = "auto",
                   make_inputs: Callable[[], tuple[Any, ...]] | None = None,
                   estimated_macs: int | None = None,
-                  progress: Callable[[str], None] | None = None) -> CompareReport:
+                  progress: Callable[[str], None] | None = None,
+                  counter: VariantCounter | None = None) -> CompareReport:
     """Per-layer variant rows for the selected convs, and whole-model rows (every selected conv
     replaced by the variant where it is valid; the others kept and listed).
 
     ``inputs`` are example tensors or their shapes (see :func:`analyze_model`; the substituted
     models are counted the same way as the original). ``groups`` None means ``all``: every valid
-    divisor of each layer (model rows take the union).
+    divisor of each layer (model rows take the union). ``counter`` keeps the modules counted,
+    substituted models included, for timing to measure the same objects.
     """
     analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
                              make_inputs=make_inputs, estimated_macs=estimated_macs)
@@ -402,7 +452,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     notes = [f"not substituted: {x}" for x in not_substituted]
     if not selected:
         raise NothingSelected(globs, kernel_sizes, not_substituted)
-    counter = VariantCounter()
+    counter = counter if counter is not None else VariantCounter()
     if how == META:  # the variants of every selected conv, counted in one meta pass
         _prefetch_on_meta(counter, selected, modules, variant_names, groups)
     layers: list[LayerCompare] = []
@@ -427,7 +477,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
             if progress:
                 progress(f"model: {v.label}")
             report.model_rows.append(_model_row(model, count_whole, layers, v, analysis.params,
-                                                analysis.macs))
+                                                analysis.macs, counter))
     return report
 
 
@@ -453,10 +503,12 @@ def substitute(model: nn.Module, layers: list[LayerCompare],
 
 def _model_row(model: nn.Module, count_whole: Callable[[nn.Module], Any],
                layers: list[LayerCompare], v: Variant, base_params: int,
-               base_macs: int) -> CompareRow:
+               base_macs: int, counter: VariantCounter) -> CompareRow:
     row = CompareRow("(model)", v.name, v.groups, formula=FORMULAS.get(v.name))  # vs dense
     new, done, kept = substitute(model, layers, v)
     row.substituted, row.kept = len(done), kept
+    if done:
+        counter.models[v] = new
     if not done:
         row.skipped = f"no selected layer accepts it ({kept[0][1]})" if kept else "no layer selected"
         return row

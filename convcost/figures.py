@@ -1,0 +1,130 @@
+"""Typed latency figures: what the timing stage returns and what reports carry.
+
+Plain data, no stage imported here (counting, variants and report import it; it imports none of
+them). Latencies are milliseconds per call; ratios are variant / baseline (paired: the median of
+per-round ratios, with a bootstrap 95% interval). ``to_dict`` gives the JSON objects of
+docs/json.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Measurement:
+    """Summary of one timed callable (milliseconds per call).
+
+    ``stop`` says why sampling ended: ``iqr`` (IQR/median under the target), ``median`` (the
+    median known to the target precision), ``settled`` (the running median stopped moving),
+    ``cap`` (its time cap), ``deadline`` (the run's time budget) or ``error``; ``converged`` is
+    true for the first three.
+    """
+
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    n: int = 0
+    calls_per_sample: int = 1
+    converged: bool = False
+    sampling_s: float = 0.0
+    graph_median_ms: float | None = None
+    error: str | None = None
+    rounds: int = 0
+    median_rse: float | None = None
+    stop: str | None = None
+
+    @property
+    def rel_iqr(self) -> float | None:
+        if self.median_ms is None or self.iqr_ms is None or not self.median_ms:
+            return None
+        return self.iqr_ms / self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rel_iqr"] = self.rel_iqr
+        return d
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    """One kernel's timing record in a row: its measurement (or the error standing in for
+    one), where the figure came from (a :class:`~convcost.timing.status.Status` value), and
+    what was learnt beside it."""
+
+    measurement: Measurement
+    source: str
+    setup_s: float | None = None  # compile / export / session, outside the measurement
+    output_check: dict[str, Any] | None = None  # against eager (non-eager backends)
+    cached_at: str | None = None
+    error: str | None = None
+    pair: dict[str, Any] | None = None  # the paired ratio (stats.PairedRatio.to_dict + source)
+    roofline: dict[str, Any] | None = None  # achieved TFLOP/s, GB/s, % of bound
+
+    @property
+    def failed(self) -> bool:
+        """Timing failed (an error, of the kernel or of its measurement)."""
+        return bool(self.error or self.measurement.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"measurement": self.measurement.to_dict(), "source": self.source}
+        if self.setup_s is not None:
+            d["setup_s"] = self.setup_s
+        if self.output_check is not None:
+            d["output_check"] = self.output_check
+        if self.cached_at:
+            d["cached_at"] = self.cached_at
+        if self.error is not None:
+            d["error"] = self.error
+        if self.pair is not None:
+            d["pair"] = self.pair
+        if self.roofline:
+            d["roofline"] = self.roofline
+        return d
+
+
+@dataclass(frozen=True)
+class LatencyFigure:
+    """A row's latency on one backend: the median, the paired ratio to its baseline with the
+    interval and round count, where the figure came from, and the kernel's timing record."""
+
+    latency_ms: float | None = None
+    ratio_latency: float | None = None
+    latency_ci: tuple[float, float] | None = None
+    latency_rounds: int | None = None
+    latency_source: str | None = None  # measured | cached | same | failed | budget | interrupted
+    cached_at: str | None = None
+    timing: KernelTiming | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The compare JSON's per-backend object."""
+        return {"latency_ms": self.latency_ms, "ratio_latency": self.ratio_latency,
+                "latency_ratio_ci": list(self.latency_ci) if self.latency_ci else None,
+                "latency_rounds": self.latency_rounds, "latency_source": self.latency_source,
+                "cached_at": self.cached_at, "timing": timing_dict(self.timing)}
+
+
+NO_FIGURE = LatencyFigure()
+
+
+@dataclass(frozen=True)
+class ModelLatency:
+    """A whole model's latency on one backend (analyze), and the sum of its conv/linear layers
+    each timed alone."""
+
+    latency_ms: float | None
+    timing: KernelTiming | None
+    layers_sum_ms: float | None = None
+    layers_timed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency_ms": self.latency_ms, "timing": timing_dict(self.timing),
+                "layers_sum_ms": self.layers_sum_ms, "layers_timed": self.layers_timed}
+
+
+def timing_dict(t: KernelTiming | None) -> dict[str, Any] | None:
+    return None if t is None else t.to_dict()
