@@ -111,6 +111,32 @@ class LatencyFigure:
 NO_FIGURE = LatencyFigure()
 
 
+class TimedRow:
+    """A report row's view of its figures: ``backends`` maps each backend (in run order) to its
+    :class:`LatencyFigure`; the properties read the first backend's."""
+
+    backends: dict[str, LatencyFigure]
+
+    @property
+    def figure(self) -> LatencyFigure:
+        """The first backend's figure (an empty one when not timed)."""
+        return next(iter(self.backends.values()), NO_FIGURE)
+
+    def on(self, backend: str | None) -> LatencyFigure:
+        """The figure on ``backend`` (the first backend's for None or an unknown name)."""
+        return self.backends.get(backend, self.figure) if backend is not None else self.figure
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median latency on the first backend (ms per call)."""
+        return self.figure.latency_ms
+
+    @property
+    def timing(self) -> KernelTiming | None:
+        """The first backend's timing record (measurement, pair, roofline)."""
+        return self.figure.timing
+
+
 @dataclass(frozen=True)
 class ModelLatency:
     """A whole model's latency on one backend (analyze), and the sum of its conv/linear layers

@@ -31,7 +31,7 @@ from convcost.counting.inventory import (
     uncalled_modules,
 )
 from convcost.errors import ModelError, first_line
-from convcost.figures import NO_FIGURE, KernelTiming, LatencyFigure, ModelLatency
+from convcost.figures import LatencyFigure, ModelLatency, TimedRow
 
 SCHEMA_VERSION = 1
 
@@ -50,8 +50,9 @@ CONVENTIONS = {
 
 
 @dataclass
-class LayerRow:
-    """One reported layer (a leaf module, or a module's own work outside its children)."""
+class LayerRow(TimedRow):
+    """One reported layer (a leaf module, or a module's own work outside its children); when
+    timed, its kernel timed alone, per backend (``latency_ms``: the first backend's)."""
 
     name: str
     op: str
@@ -74,20 +75,6 @@ class LayerRow:
         """FLOPs = 2 x MACs."""
         return 2 * self.macs
 
-    @property
-    def figure(self) -> LatencyFigure:
-        """The first backend's figure (an empty one when not timed)."""
-        return next(iter(self.backends.values()), NO_FIGURE)
-
-    @property
-    def latency_ms(self) -> float | None:
-        """The layer's kernel timed alone on the first backend (ms per call)."""
-        return self.figure.latency_ms
-
-    @property
-    def timing(self) -> KernelTiming | None:
-        """The first backend's timing record (measurement, roofline)."""
-        return self.figure.timing
 
 
 @dataclass

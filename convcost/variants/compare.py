@@ -22,7 +22,7 @@ from convcost.counting.analysis import LayerRow, analyze_model, random_inputs
 from convcost.counting.counters import META, count_fvcore, count_meta
 from convcost.counting.meta import MetaCountError
 from convcost.errors import first_line
-from convcost.figures import NO_FIGURE, KernelTiming, LatencyFigure
+from convcost.figures import LatencyFigure, TimedRow
 from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
@@ -47,7 +47,7 @@ DEFAULT_LAYER = ConvLayer(cin=64, cout=64, kernel=(3, 3), stride=(1, 1), padding
 
 
 @dataclass
-class CompareRow:
+class CompareRow(TimedRow):
     """One variant of one layer (or of the whole model when ``layer`` is ``"(model)"``).
 
     Counting fills the counts; latency lives in ``backends`` (one typed figure per backend, in
@@ -72,19 +72,6 @@ class CompareRow:
     backends: dict[str, LatencyFigure] = field(default_factory=dict)  # per backend, in run order
 
     @property
-    def figure(self) -> LatencyFigure:
-        """The first backend's figure (an empty one when not timed)."""
-        return next(iter(self.backends.values()), NO_FIGURE)
-
-    def on(self, backend: str | None) -> LatencyFigure:
-        """The row's figure on ``backend`` (the first backend's for None or an unknown name)."""
-        return self.backends.get(backend, self.figure) if backend is not None else self.figure
-
-    @property
-    def latency_ms(self) -> float | None:
-        return self.figure.latency_ms
-
-    @property
     def ratio_latency(self) -> float | None:
         """Paired: the median of per-round ratios to the original."""
         return self.figure.ratio_latency
@@ -105,10 +92,6 @@ class CompareRow:
     @property
     def cached_at(self) -> str | None:
         return self.figure.cached_at
-
-    @property
-    def timing(self) -> KernelTiming | None:
-        return self.figure.timing
 
     @property
     def flops(self) -> int | None:
