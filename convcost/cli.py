@@ -241,6 +241,21 @@ def calibrate(device: str, quick: bool, threads: int | None, fmt: str) -> None:
 
 
 @cli.command()
+@click.option("--sample", type=FiniteFloat(0.05, 60), default=0.5, show_default=True,
+              help="Seconds over which the load of other tasks is read.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@traceback_option
+def doctor(sample: float, fmt: str) -> None:
+    """A quick look at the machine before timing: load and steal, frequency governor, turbo,
+    SMT, isolated CPUs, threads, other GPU processes; with what to change (see docs/timing.md)."""
+    from convcost.jobs import run_doctor
+    from convcost.report.doctor import render_doctor
+
+    click.echo(render_doctor(run_doctor(sample), fmt), nl=False)
+
+
+@cli.command()
 @click.argument("budget", type=click.Path(path_type=Path))
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True,

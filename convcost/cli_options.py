@@ -49,6 +49,24 @@ class FiniteFloat(click.FloatRange):
         return rv
 
 
+class ThreadsType(click.ParamType):
+    """``--threads N`` (1-1024) or ``auto`` (the cores idle when the run starts) -> int or
+    "auto"."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or not 1 <= int(text) <= 1024:
+            self.fail(f"{value!r} is not a thread count: use auto or an integer from 1 to "
+                      "1024", param, ctx)
+        return int(text)
+
+
 class GroupsType(click.ParamType):
     """``--groups 1,2,4,8`` or ``all`` (every g dividing both C and N of each layer) -> tuple or None."""
 
@@ -156,8 +174,9 @@ def timing_options(f: Callable) -> Callable:
                      help="Kernel dtype; fp32 means TF32 off (default: the spec's, else fp32)."),
         click.option("--channels-last/--contiguous", "channels_last", default=None,
                      help="Memory format (default: channels-last for fp16/bf16 on CUDA)."),
-        click.option("--threads", type=click.IntRange(1, 1024),
-                     help="CPU threads for timing (default: torch's)."),
+        click.option("--threads", type=ThreadsType(), default="auto", show_default=True,
+                     help="CPU threads for timing: auto uses torch's default less the cores "
+                          "other tasks are using when the run starts (and says so), or N."),
         click.option("--cold", is_flag=True,
                      help="Flush the caches (L2 on CUDA) before each timed call."),
         click.option("--max-time", type=FiniteFloat(0.001, 3600), default=1.0,

@@ -51,6 +51,49 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class MachineState:
+    """What the machine did during one measurement window (the sampling of one group), read
+    by :mod:`convcost.timing.machine`: ``others_cores`` other tasks' CPU use in cores averaged
+    over the window, ``own_cores`` ours (all threads), ``steal_cores`` what the hypervisor gave
+    elsewhere, ``canary_drift`` the largest relative move of a canary kernel from its reference
+    (+: slower). ``why`` lists what made the window busy (empty: quiet)."""
+
+    wall_s: float
+    cpus: int
+    threads: int | None
+    own_cores: float | None
+    others_cores: float | None
+    steal_cores: float | None
+    involuntary_switches: int
+    runnable_others: int | None
+    freq_mhz: float | None = None
+    canary_drift: float | None = None
+    canary_tolerance: float | None = None
+    why: tuple[str, ...] = ()
+    gpu: dict[str, Any] | None = None  # CUDA: other processes, SM clock, throttle reasons
+    causes: tuple[str, ...] = ()  # beside ``why``: others, steal, canary, gpu
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.why)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"busy": self.busy, "why": list(self.why), "causes": list(self.causes),
+                "wall_s": round(self.wall_s, 4),
+                "cpus": self.cpus, "threads": self.threads,
+                "own_cores": _r(self.own_cores), "others_cores": _r(self.others_cores),
+                "steal_cores": _r(self.steal_cores),
+                "involuntary_switches": self.involuntary_switches,
+                "runnable_others": self.runnable_others, "freq_mhz": self.freq_mhz,
+                "canary_drift": _r(self.canary_drift),
+                "canary_tolerance": _r(self.canary_tolerance), "gpu": self.gpu}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+@dataclass(frozen=True)
 class KernelTiming:
     """One kernel's timing record in a row: its measurement (or the error standing in for
     one), where the figure came from (a :class:`~convcost.timing.status.Status` value), and
@@ -64,6 +107,12 @@ class KernelTiming:
     error: str | None = None
     pair: dict[str, Any] | None = None  # the paired ratio (stats.PairedRatio.to_dict + source)
     roofline: dict[str, Any] | None = None  # achieved TFLOP/s, GB/s, % of bound
+    machine: MachineState | None = None  # what competed while it was measured (None: cached)
+
+    @property
+    def busy(self) -> bool:
+        """Measured while the machine was busy (see :class:`MachineState`)."""
+        return self.machine is not None and self.machine.busy
 
     @property
     def failed(self) -> bool:
@@ -84,6 +133,8 @@ class KernelTiming:
             d["pair"] = self.pair
         if self.roofline:
             d["roofline"] = self.roofline
+        if self.machine is not None:
+            d["machine"] = self.machine.to_dict()
         return d
 
 
@@ -99,13 +150,17 @@ class LatencyFigure:
     latency_source: str | None = None  # measured | cached | same | failed | budget | interrupted
     cached_at: str | None = None
     timing: KernelTiming | None = None
+    # the kernel or its paired ratio was measured while the machine was busy: shown and
+    # marked, never quoted in a headline, never stored in the latency table
+    busy: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The compare JSON's per-backend object."""
         return {"latency_ms": self.latency_ms, "ratio_latency": self.ratio_latency,
                 "latency_ratio_ci": list(self.latency_ci) if self.latency_ci else None,
                 "latency_rounds": self.latency_rounds, "latency_source": self.latency_source,
-                "cached_at": self.cached_at, "timing": timing_dict(self.timing)}
+                "cached_at": self.cached_at, "timing": timing_dict(self.timing),
+                "busy": self.busy}
 
 
 NO_FIGURE = LatencyFigure()

@@ -30,7 +30,8 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
     for i, check in enumerate(budget.checks):
         try:
             m = isolation.call(run_check, check, measure_latency, max_time_s, memory_check,
-                               isolate=True, label=check.model, timeout_s=timeout_s)
+                               budget.on_busy, isolate=True, label=check.model,
+                               timeout_s=timeout_s)
         except ConvcostError as e:
             report.results.append(Verdict(check.name, "model", "model", None, None, "error",
                                          message=str(e)))
@@ -42,7 +43,8 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
             report.not_checked = [c.name for c in budget.checks[i:]]
             break
         report.metrics[check.name] = {k: v for k, v in m.metrics.items()
-                                      if k not in ("latency_skip", "latency_failed")}
+                                      if k not in ("latency_skip", "latency_failed",
+                                                   "latency_busy")}
         evaluate_check(check, m.metrics, m.layers, baseline, bpath, report, update_baseline,
                        budget.on_unmeasured)
     return report

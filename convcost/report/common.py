@@ -106,7 +106,7 @@ def iqr_cell(timing: KernelTiming | None) -> str:
     m = timing.measurement
     if m.rel_iqr is None:
         return "failed" if timing.failed else ""
-    return f"{100 * m.rel_iqr:.1f}%{'' if m.converged else '!'}"
+    return f"{100 * m.rel_iqr:.1f}%{'' if m.converged else '!'}{' busy' if timing.busy else ''}"
 
 
 def source_cell(timing: KernelTiming | None) -> str:
@@ -139,10 +139,14 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     out = []
     if device:
         out.append(rich_text(f"device: {fingerprint_line(device)}", style="dim"))
+    auto = (timing.get("machine") or {}).get("threads_auto") or ""
+    if "other tasks" in auto:  # --threads auto took fewer threads than torch's default
+        out.append(rich_text(f"threads: {auto}", style="yellow"))
     m = timing.get("model")
     if m and m.get("median_ms") is not None:
         line = (f"whole model: {fmt_ms(m['median_ms'])} median (IQR {fmt_ms(m['iqr_ms'])}, "
-                f"n={m['n']}{', cached' if timing.get('model_source') == 'cached' else ''})")
+                f"n={m['n']}{', cached' if timing.get('model_source') == 'cached' else ''}"
+                f"{', busy' if timing.get('model_busy') else ''})")
         if timing.get("layers_sum_ms") is not None:
             line += (f"; sum of the {timing['layers_timed']} conv/linear layers timed alone: "
                      f"{fmt_ms(timing['layers_sum_ms'])}")
@@ -164,6 +168,14 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     if not timing.get("roofline_peaks"):
         out.append(rich_text("note: no roofline peaks for this device; run `convcost calibrate` to add "
                         "% of bound and memory/compute-bound labels", style="dim"))
+    return out + problem_lines(timing)
+
+
+def problem_lines(timing: dict[str, Any]) -> list[RichText]:
+    """What went wrong or stands unsettled: unconverged and busy measurements, failures, a
+    budget that ran out, undersampled figures, an interruption."""
+    out = []
+    eng = timing.get("engine") or {}
     unc = timing.get("unconverged", [])
     if len(unc) > 3:
         out.append(rich_text(f"warning: {len(unc)} kernel measurements stopped at their time cap "
@@ -174,6 +186,7 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
     else:
         for u in unc:
             out.append(rich_text(f"warning: did not converge within the time cap: {u}", style="yellow"))
+    out.extend(busy_lines(timing))
     for f in timing.get("failures", []):
         out.append(rich_text(f"error: failed: {f}", style="red"))
     over = timing.get("not_measured_budget", [])
@@ -192,6 +205,31 @@ def timing_lines(timing: dict[str, Any] | None, device: dict[str, Any] | None,
         out.append(rich_text(f"interrupted: {len(miss)} measurement(s) not taken"
                         + (f" ({_some(miss)})" if miss else ""), style="red"))
     return out
+
+
+def busy_lines(timing: dict[str, Any]) -> list[RichText]:
+    """'busy: other tasks used about 0.8 of 2 cores during 6 of 6 measurements; ...'."""
+    busy = timing.get("busy") or []
+    if not busy:
+        return []
+    mach = timing.get("machine") or {}
+    measured = (timing.get("engine") or {}).get("measured") or len(busy)
+    by = mach.get("busy_by") or {}
+    what = []
+    if by.get("others") and mach.get("others_cores_busy_mean") is not None:
+        what.append(f"other tasks used about {mach['others_cores_busy_mean']:.1f} of "
+                    f"{mach.get('cpus') or '?'} cores")
+    if by.get("steal"):
+        what.append("the hypervisor took CPU time (steal)")
+    if by.get("canary"):
+        what.append("a canary kernel moved beyond its own noise")
+    if by.get("gpu"):
+        what.append("other processes ran on the GPU")
+    cause = "; ".join(what) or "the machine was busy"
+    return [rich_text(f"busy: {cause} during {len(busy)} of {max(measured, len(busy))} "
+                      "measurement(s), marked 'busy': shown, but not quoted in headlines or "
+                      "budgets and not stored in the latency table; rerun on a quieter machine "
+                      "(`convcost doctor` shows what competes)", style="yellow")]
 
 
 def _some(names: list[str], n: int = 5) -> str:

@@ -28,11 +28,14 @@ from typing import Any, Protocol
 import torch
 
 from convcost import __version__
+from convcost.figures import MachineState
 from convcost.timing import backends
+from convcost.timing.canary import INTERVAL_S, Canaries
 from convcost.timing.defaults import DEFAULT_BUDGET_S
 from convcost.timing.device import fingerprint, numerics
 from convcost.timing.harness import Bench, Measurement, TimingConfig, measure_group
 from convcost.timing.kernel import Kernel, kernel_key
+from convcost.timing.machine import MIN_WINDOW_S, Snapshot, gpu_state, snapshot, window
 from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
@@ -70,6 +73,7 @@ class KernelResult:
     error: str | None = None
     setup_s: float | None = None  # compile / export / session time (non-eager backends)
     check: dict[str, Any] | None = None  # the output check against eager (non-eager backends)
+    machine: MachineState | None = None  # what competed while it was measured (None: cached)
 
     @property
     def median_ms(self) -> float | None:
@@ -81,6 +85,7 @@ class PairResult:
     status: str = PENDING
     ratio: PairedRatio | None = None
     cached_at: str | None = None
+    machine: MachineState | None = None  # the rounds' window (None: cached)
 
 
 @dataclass
@@ -142,6 +147,9 @@ class TimingEngine:
         self._kernels: dict[str, Kernel] = {}
         self._group_keys: set[tuple[tuple[str, ...], bool]] = set()
         self._bench_errors: dict[int, str] = {}
+        self.canaries: Canaries | None = None  # CPU runs: started with the first measurement
+        self.windows: list[MachineState] = []  # one per group measured, in order
+        self._snaps: list[Snapshot] = []  # the machine's counters at each window's ends
 
     # -- registration -------------------------------------------------------------------------
     def key(self, k: Kernel) -> str:
@@ -270,8 +278,11 @@ class TimingEngine:
             i = live[j][0]
             self.progress.advance(f"{g.label} {sub[i].label}"[:60])
 
+        watch = self._watch()
         res = measure_group([b for _, b in live], paired=paired, deadline=deadline,
-                            on_done=done, before_sampling=plan)
+                            on_done=done, before_sampling=plan,
+                            between_rounds=self.canaries.tick if self.canaries else None)
+        state = self._watched(watch)
         if res.stopped_by_deadline:
             self.budget_exhausted = True
         stamp = now_iso()
@@ -287,25 +298,74 @@ class TimingEngine:
                     continue  # stays pending: marked 'budget' at the end of the run
                 self._fail(key, m.error or "not measured")
                 continue
-            r.status, r.measurement, r.error = MEASURED, m, m.error
-            if m.n >= self.cfg.min_samples or m.converged:
+            r.status, r.measurement, r.error, r.machine = MEASURED, m, m.error, state
+            if (m.n >= self.cfg.min_samples or m.converged) and not state.busy:
                 self.table.put_kernel(self._row(sub[i], key, m, stamp))
         if paired:
-            bkey = keys[0]
-            for i in meas:
-                if i == 0:
-                    continue
-                p = self.pairs[(bkey, keys[i])]
-                if p.status != PENDING:
-                    continue
-                pr = paired_ratio(rounds[0], rounds[i])
-                if pr is None:
-                    if not res.stopped_by_deadline:  # else: 'budget' at the end of the run
-                        p.status = FAILED
-                    continue
-                p.status, p.ratio = MEASURED, pr
-                if pr.rounds >= self.cfg.min_rounds:
-                    self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
+            self._store_pairs(keys, [i for i in meas if i], rounds, state, stamp,
+                              res.stopped_by_deadline)
+
+    def _store_pairs(self, keys: list[str], variants: list[int],
+                     rounds: dict[int, list[float | None]], state: MachineState, stamp: str,
+                     stopped: bool) -> None:
+        """The paired ratio of each variant (index into ``keys``) to the baseline ``keys[0]``
+        from the group's aligned rounds; stored in the table unless the machine was busy."""
+        bkey = keys[0]
+        for i in variants:
+            p = self.pairs[(bkey, keys[i])]
+            if p.status != PENDING:
+                continue
+            pr = paired_ratio(rounds[0], rounds[i])
+            if pr is None:
+                if not stopped:  # else: 'budget' at the end of the run
+                    p.status = FAILED
+                continue
+            p.status, p.ratio, p.machine = MEASURED, pr, state
+            if pr.rounds >= self.cfg.min_rounds and not state.busy:
+                self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
+
+    def _watch(self) -> tuple[Snapshot, float]:
+        """Start watching the machine for one group (the canaries' reference first, on the
+        CPU, when this is the run's first group)."""
+        if not self._snaps:
+            self._snaps.append(snapshot())
+        if self.canaries is None and not self.cfg.numerics.is_cuda:
+            self.canaries = Canaries()
+            self.canaries.start()
+        start = snapshot()
+        self._snaps.append(start)
+        return start, time.perf_counter()
+
+    def _load_window(self, end: Snapshot) -> Snapshot:
+        """Where the load of a window ending at ``end`` is read from: its own start, or, for a
+        window too short to read the load over (:data:`MIN_WINDOW_S`), the latest earlier
+        snapshot far enough back, waiting out the rest when there is none (a first, short
+        measurement: what competes around it is what competed with it)."""
+        for snap in reversed(self._snaps):
+            if end.wall - snap.wall >= MIN_WINDOW_S:
+                return snap
+        time.sleep(max(0.0, MIN_WINDOW_S - (end.wall - self._snaps[0].wall)))
+        return self._snaps[0]
+
+    def _watched(self, watch: tuple[Snapshot, float]) -> MachineState:
+        """What competed with the group since :meth:`_watch` (busy or not)."""
+        _, since = watch
+        c = self.canaries
+        if c is not None and time.perf_counter() - since >= INTERVAL_S / 2 and \
+                c.drift(since) is None:
+            c.read_now()  # a long enough window gets at least one canary reading
+        moved = c.drift(since) if c is not None else None
+        end = snapshot()
+        start = self._load_window(end)
+        if start is self._snaps[0] and end.wall - start.wall < MIN_WINDOW_S:
+            end = snapshot()  # after the wait
+        self._snaps.append(end)
+        state = window(start, end, threads=torch.get_num_threads(),
+                       canary_drift=moved[0] if moved else None,
+                       canary_tolerance=moved[1] if moved else None,
+                       gpu=gpu_state(self.cfg.numerics.device) if self.cfg.numerics.is_cuda else None)
+        self.windows.append(state)
+        return state
 
     def _bench(self, k: Kernel, key: str, inputs: dict[tuple[int, ...], torch.Tensor]) -> Bench | None:
         """The kernel ready to sample on this engine's backend; for a backend other than eager,

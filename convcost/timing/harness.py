@@ -71,6 +71,7 @@ class TimingConfig:
     warmup_calls: int = 3
     cuda_graph: bool = True
     burst_s: float = BURST_S
+    threads_note: str = ""  # how --threads auto chose the count (reports only)
 
 
 def median_rse(values: Sequence[float]) -> float | None:
@@ -310,7 +311,8 @@ class GroupResult:
 # place, over shared round state; split up, each part would need all of that state passed in
 def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: float | None = None,
                   on_done: Callable[[int, Measurement], None] | None = None,
-                  before_sampling: Callable[[Sequence[Bench]], None] | None = None) -> GroupResult:
+                  before_sampling: Callable[[Sequence[Bench]], None] | None = None,
+                  between_rounds: Callable[[], None] | None = None) -> GroupResult:
     """Measure callables in rounds until each meets the stop rule, hits its cap, or ``deadline``
     passes.
 
@@ -320,7 +322,8 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
     Measurement with ``error`` set; the others go on. ``on_done(i, m)`` is called as each
     finishes. KeyboardInterrupt propagates (callers keep what finished). ``deadline`` is a
     ``time.perf_counter()`` value. ``before_sampling(benches)`` runs after warm-up (call times
-    known: :attr:`Bench.sample_s`), to set each bench's ``cap_s``.
+    known: :attr:`Bench.sample_s`), to set each bench's ``cap_s``; ``between_rounds()`` after
+    every batch of rounds (the machine-state canaries, see :mod:`convcost.timing.canary`).
     """
     n = len(benches)
     rounds: list[list[float | None]] = [[] for _ in range(n)]
@@ -400,6 +403,8 @@ def measure_group(benches: Sequence[Bench], *, paired: bool = False, deadline: f
             share = (pc() - t0) / len(active)
             for i in active:
                 benches[i].spent += share
+        if between_rounds is not None:
+            between_rounds()
     return GroupResult([r if r is not None else Measurement(error="not measured") for r in results],
                        rounds, stopped)
 

@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from convcost.counting.analysis import AnalysisReport
-from convcost.figures import KernelTiming, LatencyFigure, Measurement, ModelLatency
+from convcost.figures import KernelTiming, LatencyFigure, MachineState, Measurement, ModelLatency
+from convcost.timing.canary import Canaries
 from convcost.timing.engine import (
     BUDGET,
     CACHED,
@@ -59,6 +60,10 @@ class TimingRun:
     # measured with fewer than min_samples samples and not converged (the budget ran out
     # mid-measurement): quoted with a mark, never stored, and the run is incomplete (exit 4)
     undersampled: list[str] = field(default_factory=list)
+    # measured while the machine was busy (other tasks, steal, a canary moved): shown and
+    # marked, never quoted in a headline, never stored
+    busy: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)  # what competed, over the run
     engine: dict[str, Any] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     backends: dict[str, Any] = field(default_factory=dict)  # name: fingerprint, setup, counts
@@ -77,6 +82,7 @@ class TimingRun:
             "rel_iqr_target": c.rel_iqr, "interrupted": self.interrupted,
             "failures": self.failures, "unconverged": self.unconverged, "missing": self.missing,
             "not_measured_budget": self.over_budget, "undersampled": self.undersampled,
+            "busy": self.busy, "machine": {**self.machine, "threads_auto": c.threads_note or None},
             "engine": self.engine,
             "notices": self.notices, "backends": self.backends,
             "roofline_peaks": self.peaks.to_dict() if self.peaks else None,
@@ -103,6 +109,27 @@ def _finish_run(run: TimingRun, engine: TimingEngine) -> None:
         "backend": engine.backend, "setup_s": round(engine.setup_s, 3),
     }
     run.notices = list(engine.table.notices)
+    run.machine = machine_summary(engine.windows, engine.canaries)
+
+
+def machine_summary(windows: Sequence[MachineState], canaries: Canaries | None) -> dict[str, Any]:
+    """What competed with the run's measurements: how many windows were busy and why, the
+    other tasks' mean load over them, the canaries' reference."""
+    busy = [w for w in windows if w.busy]
+    others = [w.others_cores for w in windows if w.others_cores is not None]
+    steal = [w.steal_cores for w in windows if w.steal_cores is not None]
+    whys: dict[str, int] = {}
+    for w in busy:
+        for c in w.causes:
+            whys[c] = whys.get(c, 0) + 1
+    return {"windows": len(windows), "busy_windows": len(busy),
+            "busy_by": whys, "cpus": windows[0].cpus if windows else None,
+            "threads": windows[0].threads if windows else None,
+            "others_cores_mean": round(sum(others) / len(others), 3) if others else None,
+            "others_cores_busy_mean": round(sum(w.others_cores or 0.0 for w in busy)
+                                            / len(busy), 3) if busy else None,
+            "steal_cores_mean": round(sum(steal) / len(steal), 3) if steal else None,
+            "canaries": canaries.to_dict() if canaries is not None else None}
 
 
 def kernel_timing(kr: KernelResult, *, source: str | None = None,
@@ -114,7 +141,7 @@ def kernel_timing(kr: KernelResult, *, source: str | None = None,
     return KernelTiming(measurement=m, source=source or kr.status, setup_s=kr.setup_s,
                         output_check=kr.check, cached_at=kr.cached_at or None,
                         error=kr.error if kr.status == FAILED else None, pair=pair,
-                        roofline=roofline or None)
+                        roofline=roofline or None, machine=kr.machine)
 
 
 def _status_text(status: str) -> str:
@@ -131,7 +158,11 @@ def _record(run: TimingRun, name: str, kr: KernelResult, key: str, seen: set[str
         run.over_budget.append(name)
     elif kr.status == INTERRUPTED:
         run.missing.append(name)
-    elif first and kr.status == MEASURED and kr.measurement and not kr.measurement.converged:
+    if first and kr.status == MEASURED and kr.machine is not None and kr.machine.busy:
+        run.busy.append(name)
+    if kr.status != MEASURED:
+        return
+    if first and kr.measurement and not kr.measurement.converged:
         m = kr.measurement
         iqr = f"{m.rel_iqr:.1%}" if m.rel_iqr is not None else "n/a"
         run.unconverged.append(f"{name} (IQR/median {iqr} after {m.n} samples)")
@@ -175,6 +206,7 @@ def _merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
     _finish_run(run, engines[0])
     run.interrupted = any(e.interrupted for e in engines)
     run.backends = {e.backend: _backend_summary(e) for e in engines}
+    run.machine = machine_summary([w for e in engines for w in e.windows], engines[0].canaries)
     for e in engines[1:]:
         run.notices += [n for n in e.table.notices if n not in run.notices]
     return run
@@ -246,7 +278,8 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
                     modules[r.name], r.in_shape, r.out_shape or [], e.cfg.numerics.dtype),
                     kr.median_ms, run.peaks, e.cfg.numerics.dtype)
             out.layers.setdefault(i, {})[e.backend] = LatencyFigure(
-                latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl))
+                latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl),
+                busy=_busy(kr.machine))
         out.model[e.backend] = ModelLatency(mk.median_ms, kernel_timing(mk),
                                             sum(layer_ms.values()) if layer_ms else None,
                                             len(layer_ms))
@@ -254,6 +287,7 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
     first = next(iter(out.model.values()))
     out.summary = {"model": first.timing.measurement.to_dict() if first.timing else None,
                    "model_source": first.timing.source if first.timing else None,
+                   "model_busy": bool(first.timing and first.timing.busy),
                    **run.summary(), "layers_sum_ms": first.layers_sum_ms,
                    "layers_timed": first.layers_timed}
     return out
@@ -268,8 +302,9 @@ def _figure(kr: KernelResult, pr: PairResult | None, *, same: bool, base: bool,
     ratio to the original (``same``: the original's own kernel, ratio 1 by definition)."""
     if same:
         return LatencyFigure(kr.median_ms, 1.0, (1.0, 1.0), None, SAME, kr.cached_at,
-                             kernel_timing(kr, source=SAME, roofline=roof))
+                             kernel_timing(kr, source=SAME, roofline=roof), _busy(kr.machine))
     ratio = ci = rounds = pair = None
+    busy = _busy(kr.machine)
     if base:
         ratio = 1.0 if kr.median_ms is not None else None
     elif pr is not None and pr.ratio is not None:
@@ -277,8 +312,15 @@ def _figure(kr: KernelResult, pr: PairResult | None, *, same: bool, base: bool,
         pair = {**pr.ratio.to_dict(), "source": pr.status}
         if pr.cached_at:
             pair["cached_at"] = pr.cached_at
+        if pr.machine is not None:
+            pair["busy"] = pr.machine.busy
+        busy = busy or _busy(pr.machine)
     return LatencyFigure(kr.median_ms, ratio, ci, rounds, kr.status, kr.cached_at,
-                         kernel_timing(kr, pair=pair, roofline=roof))
+                         kernel_timing(kr, pair=pair, roofline=roof), busy)
+
+
+def _busy(m: MachineState | None) -> bool:
+    return m is not None and m.busy
 
 
 @dataclass
@@ -381,7 +423,7 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
 
 def _dedupe(run: TimingRun) -> None:
     """A shared kernel that failed is listed once per row; keep the order, drop repeats."""
-    for name in ("failures", "unconverged", "missing", "over_budget", "undersampled"):
+    for name in ("failures", "unconverged", "missing", "over_budget", "undersampled", "busy"):
         seen: set[str] = set()
         out = []
         for x in getattr(run, name):

@@ -3,8 +3,10 @@
 A latency *ratio* (variant / baseline) is estimated from interleaved rounds: in each round the
 baseline and the variant are sampled back to back, so a machine whose speed drifts slows both
 alike and the per-round ratio cancels the drift. The estimate is the median of the per-round
-ratios; its 95% confidence interval is a percentile bootstrap over rounds (resampling whole
-rounds keeps the pairing). Everything here is deterministic: the bootstrap uses a fixed seed.
+ratios; its 95% confidence interval is a two-stage percentile bootstrap over epochs of
+consecutive rounds and the rounds within them (resampling whole rounds keeps the pairing;
+resampling epochs makes a slow change of the machine during the measurement widen the interval
+instead of shifting it). Everything here is deterministic: the bootstrap uses a fixed seed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 MAX_BOOTSTRAP_ROUNDS = 4000  # the most recent rounds; more would only cost time
 HEADLINE_MAX_REL_WIDTH = 0.5  # a headline ratio needs (hi - lo) < 0.5 x ratio
+ROUNDS_PER_EPOCH = 5  # rounds per epoch of the ratio's interval (see epoch_bootstrap_ci)
+MAX_EPOCHS = 6
 
 
 def summarize(samples: Sequence[float]) -> tuple[float, float, float, float, float]:
@@ -58,6 +62,41 @@ def bootstrap_median_ci(values: Sequence[float], *, level: float = CI_LEVEL,
     return float(lo), float(hi)
 
 
+def epochs_of(n: int) -> int:
+    """How many epochs ``n`` rounds are cut into for the interval: one per
+    :data:`ROUNDS_PER_EPOCH` rounds, from 2 to :data:`MAX_EPOCHS`; 1 (no epochs) under
+    2 x :data:`ROUNDS_PER_EPOCH`."""
+    return max(1, min(MAX_EPOCHS, n // ROUNDS_PER_EPOCH))
+
+
+def epoch_bootstrap_ci(values: Sequence[float], *, level: float = CI_LEVEL,
+                       resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Interval of the median of ``values`` (taken in time order) across epochs as well as
+    within them: the hull of the plain percentile bootstrap over rounds and a cluster bootstrap
+    over epochs (the rounds cut into consecutive epochs of equal size, the oldest few left out
+    when they do not divide; each resample draws whole epochs with replacement). When the
+    machine drifts during the measurement the epochs disagree and the interval widens to cover
+    them, instead of narrowing around a mix; on a steady machine it is the plain interval (the
+    cluster one is then no wider). Deterministic (fixed seed); the plain interval alone below
+    two epochs."""
+    v = list(values)[-MAX_BOOTSTRAP_ROUNDS:]
+    lo, hi = bootstrap_median_ci(v, level=level, resamples=resamples, seed=seed)
+    e = epochs_of(len(v))
+    if e < 2:
+        return lo, hi
+    m = len(v) // e
+    x = torch.tensor(v[len(v) - e * m:], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(e, (resamples, e, 1), generator=g)
+    idx = (picks * m + torch.arange(m).expand(resamples, e, m)).reshape(resamples, e * m)
+    meds = torch.quantile(x[idx], 0.5, dim=1)
+    alpha = (1.0 - level) / 2
+    elo, ehi = torch.quantile(meds, torch.tensor([alpha, 1.0 - alpha],
+                                                 dtype=torch.float64)).tolist()
+    return min(lo, float(elo)), max(hi, float(ehi))
+
+
 @dataclass(frozen=True)
 class PairedRatio:
     """Median of per-round ratios variant / baseline, with its bootstrap interval."""
@@ -93,8 +132,9 @@ def paired_ratio(base: Sequence[float | None], var: Sequence[float | None]) -> P
     r = round_ratios(base, var)
     if not r:
         return None
-    lo, hi = bootstrap_median_ci(r)
-    return PairedRatio(statistics.median(r), lo, hi, len(r))
+    lo, hi = epoch_bootstrap_ci(r)
+    med = statistics.median(r)
+    return PairedRatio(med, min(lo, med), max(hi, med), len(r))
 
 
 def ratio_of_medians(base: Sequence[float | None], var: Sequence[float | None]) -> float | None:
