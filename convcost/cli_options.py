@@ -188,6 +188,13 @@ def timing_options(f: Callable) -> Callable:
                           "marked 'not measured (budget)' and the exit code is 4."),
         click.option("--fresh", is_flag=True,
                      help="Re-measure everything instead of reusing the latency table."),
+        click.option("--on-busy", "on_busy", type=click.Choice(["withhold", "accept"]),
+                     default="withhold", show_default=True, envvar="CONVCOST_ON_BUSY",
+                     show_envvar=True,
+                     help="Figures measured while the machine was busy (other tasks, steal, a "
+                          "canary kernel that moved) are always marked 'busy'; withhold keeps "
+                          "them out of headlines and the latency table, accept quotes and "
+                          "stores them (a machine you know is shared)."),
         click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
         click.option("--backend", "backend", default="eager", show_default=True,
@@ -217,7 +224,8 @@ def timing_request(o: dict[str, Any]) -> Any:
                              "--backend)")
         return None
     return TimingRequest(dev, o["dtype"], o["channels_last"], o["threads"], o["cold"],
-                         o["max_time"], o["time_budget"], o["fresh"], backends=backends)
+                         o["max_time"], o["time_budget"], o["fresh"], backends=backends,
+                         on_busy=o["on_busy"])
 
 
 def source_request(o: dict[str, Any]) -> Any:

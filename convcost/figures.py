@@ -151,8 +151,10 @@ class LatencyFigure:
     cached_at: str | None = None
     timing: KernelTiming | None = None
     # the kernel or its paired ratio was measured while the machine was busy: shown and
-    # marked, never quoted in a headline, never stored in the latency table
+    # marked; ``withheld`` too (--on-busy withhold, the default): never quoted in a headline,
+    # never stored in the latency table
     busy: bool = False
+    withheld: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The compare JSON's per-backend object."""
@@ -160,7 +162,7 @@ class LatencyFigure:
                 "latency_ratio_ci": list(self.latency_ci) if self.latency_ci else None,
                 "latency_rounds": self.latency_rounds, "latency_source": self.latency_source,
                 "cached_at": self.cached_at, "timing": timing_dict(self.timing),
-                "busy": self.busy}
+                "busy": self.busy, "withheld": self.withheld}
 
 
 NO_FIGURE = LatencyFigure()

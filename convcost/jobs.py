@@ -29,6 +29,7 @@ class TimingRequest:
     fresh: bool = False
     use_table: bool = True
     backends: tuple[str, ...] = ("eager",)
+    on_busy: str = "withhold"  # figures of a busy machine: withhold (marked) or accept
 
     def config(self, default_dtype: str = "fp32") -> Any:
         from convcost.timing.device import Numerics
@@ -62,7 +63,8 @@ class TimingRequest:
         table = LatencyTable.open() if self.use_table else LatencyTable.disabled()
         several = len(self.backends) > 1
         return [TimingEngine(cfg, table=table, budget_s=self.budget_s, fresh=self.fresh,
-                             backend=b, progress=_Labelled(progress, b) if several else progress)
+                             backend=b, progress=_Labelled(progress, b) if several else progress,
+                             store_busy=self.on_busy == "accept")
                 for b in self.backends]
 
 

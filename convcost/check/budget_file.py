@@ -89,6 +89,15 @@ class Budget:
 # --------------------------------------------------------------------------- parsing
 
 
+def default_on_busy() -> str:
+    """``on_busy`` when the file does not say: ``remeasure``, or ``accept`` where
+    CONVCOST_ON_BUSY=accept (a machine known to be shared; the same variable makes analyze and
+    compare quote busy figures)."""
+    import os
+
+    return "accept" if os.environ.get("CONVCOST_ON_BUSY", "").strip() == "accept" else "remeasure"
+
+
 class BudgetParser(FileValidator):
     """Where we are in a budget file, to build one-line errors naming the file, line and key."""
 
@@ -177,7 +186,7 @@ def load_budget(path: str | Path) -> Budget:
     p = BudgetParser(path)
     p.keys(data, ("version", "defaults", "baseline", "checks", "on_unmeasured", "on_busy"), "")
     for key, allowed, default in (("on_unmeasured", UNMEASURED_POLICIES, "error"),
-                                  ("on_busy", BUSY_POLICIES, "remeasure")):
+                                  ("on_busy", BUSY_POLICIES, default_on_busy())):
         v = data.get(key, default)
         if not isinstance(v, str) or v not in allowed:
             raise p.err(f"{key!r} is {str(v)[:40]!r}; use one of {', '.join(allowed)}", data, key)
@@ -196,7 +205,7 @@ def load_budget(path: str | Path) -> Budget:
     if base is not None and not isinstance(base, str):
         raise p.err(f"'baseline' must be a path, got {base!r}", data, "baseline")
     return Budget(path, checks, (path.parent / base) if isinstance(base, str) else None,
-                  data.get("on_unmeasured", "error"), data.get("on_busy", "remeasure"))
+                  data.get("on_unmeasured", "error"), data.get("on_busy", default_on_busy()))
 
 
 def _parse_check(p: BudgetParser, c: Any, where: str, defaults: dict[str, Any],

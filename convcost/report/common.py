@@ -226,9 +226,10 @@ def busy_lines(timing: dict[str, Any]) -> list[RichText]:
     if by.get("gpu"):
         what.append("other processes ran on the GPU")
     cause = "; ".join(what) or "the machine was busy"
+    what_then = ("quoted and stored as --on-busy accept asks" if mach.get("on_busy") == "accept"
+                 else "shown, but not quoted in headlines and not stored in the latency table")
     return [rich_text(f"busy: {cause} during {len(busy)} of {max(measured, len(busy))} "
-                      "measurement(s), marked 'busy': shown, but not quoted in headlines or "
-                      "budgets and not stored in the latency table; rerun on a quieter machine "
+                      f"measurement(s), marked 'busy': {what_then}; rerun on a quieter machine "
                       "(`convcost doctor` shows what competes)", style="yellow")]
 
 

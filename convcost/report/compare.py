@@ -59,7 +59,7 @@ def _latency_phrase(row: LatencyFigure) -> str:
         return "= original"
     if row.ratio_latency is None or row.latency_ci is None:
         return ""
-    if row.busy:
+    if row.withheld:
         return "latency withheld (busy)"
     if _noisy(row):
         lo, hi = row.latency_ci
@@ -338,6 +338,7 @@ def _row_dict(r: CompareRow) -> dict[str, Any]:
     if r.timing is not None:
         d["timing"] = r.timing.to_dict()
         d["latency_busy"] = r.figure.busy
+        d["latency_withheld"] = r.figure.withheld
     if r.backends:
         d["backends"] = {name: f.to_dict() for name, f in r.backends.items()}
     if r.substituted is not None:

@@ -135,6 +135,9 @@ class TimingEngine:
     interrupted: bool = False
     budget_exhausted: bool = False
     elapsed_s: float = 0.0
+    # figures measured while the machine was busy are always marked; stored in the table (and
+    # quoted by reports) only when the user accepts them (--on-busy accept)
+    store_busy: bool = False
 
     def __post_init__(self) -> None:
         self.device = fingerprint(self.cfg.numerics, self.batch)
@@ -299,7 +302,7 @@ class TimingEngine:
                 self._fail(key, m.error or "not measured")
                 continue
             r.status, r.measurement, r.error, r.machine = MEASURED, m, m.error, state
-            if (m.n >= self.cfg.min_samples or m.converged) and not state.busy:
+            if (m.n >= self.cfg.min_samples or m.converged) and self._storable(state):
                 self.table.put_kernel(self._row(sub[i], key, m, stamp))
         if paired:
             self._store_pairs(keys, [i for i in meas if i], rounds, state, stamp,
@@ -321,8 +324,11 @@ class TimingEngine:
                     p.status = FAILED
                 continue
             p.status, p.ratio, p.machine = MEASURED, pr, state
-            if pr.rounds >= self.cfg.min_rounds and not state.busy:
+            if pr.rounds >= self.cfg.min_rounds and self._storable(state):
                 self.table.put_pair(bkey, keys[i], pr.ratio, pr.lo, pr.hi, pr.rounds, stamp)
+
+    def _storable(self, state: MachineState) -> bool:
+        return self.store_busy or not state.busy
 
     def _watch(self) -> tuple[Snapshot, float]:
         """Start watching the machine for one group (the canaries' reference first, on the

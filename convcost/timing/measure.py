@@ -10,7 +10,7 @@ finished; a callable that fails is marked in its row and the run goes on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -109,7 +109,8 @@ def _finish_run(run: TimingRun, engine: TimingEngine) -> None:
         "backend": engine.backend, "setup_s": round(engine.setup_s, 3),
     }
     run.notices = list(engine.table.notices)
-    run.machine = machine_summary(engine.windows, engine.canaries)
+    run.machine = {**machine_summary(engine.windows, engine.canaries),
+                   "on_busy": "accept" if engine.store_busy else "withhold"}
 
 
 def machine_summary(windows: Sequence[MachineState], canaries: Canaries | None) -> dict[str, Any]:
@@ -206,7 +207,8 @@ def _merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
     _finish_run(run, engines[0])
     run.interrupted = any(e.interrupted for e in engines)
     run.backends = {e.backend: _backend_summary(e) for e in engines}
-    run.machine = machine_summary([w for e in engines for w in e.windows], engines[0].canaries)
+    run.machine = {**machine_summary([w for e in engines for w in e.windows], engines[0].canaries),
+                   "on_busy": "accept" if engines[0].store_busy else "withhold"}
     for e in engines[1:]:
         run.notices += [n for n in e.table.notices if n not in run.notices]
     return run
@@ -277,9 +279,10 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
                 rl = roofline(r.flops // max(1, r.calls), compulsory_bytes(
                     modules[r.name], r.in_shape, r.out_shape or [], e.cfg.numerics.dtype),
                     kr.median_ms, run.peaks, e.cfg.numerics.dtype)
+            busy = _busy(kr.machine)
             out.layers.setdefault(i, {})[e.backend] = LatencyFigure(
-                latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl),
-                busy=_busy(kr.machine))
+                latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl), busy=busy,
+                withheld=busy and not e.store_busy)
         out.model[e.backend] = ModelLatency(mk.median_ms, kernel_timing(mk),
                                             sum(layer_ms.values()) if layer_ms else None,
                                             len(layer_ms))
@@ -407,8 +410,10 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
                     roof = roofline(r.flops, compulsory_bytes(m, p.layer.input_shape,
                                                               p.layer.output_shape, dt),
                                     kr.median_ms, run.peaks, dt)
-                out.figures.setdefault(rk, {})[e.backend] = _figure(
-                    kr, e.pair(gkeys[0], key) if i else None, same=same, base=i == 0, roof=roof)
+                fig = _figure(kr, e.pair(gkeys[0], key) if i else None, same=same, base=i == 0,
+                              roof=roof)
+                out.figures.setdefault(rk, {})[e.backend] = replace(
+                    fig, withheld=fig.busy and not e.store_busy)
     _dedupe(run)
     out.summary = run.summary()
     if report.is_model:
