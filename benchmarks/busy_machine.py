@@ -9,7 +9,9 @@ process with an empty latency table, and compares:
 - contradictions: busy-run headlines (quoted, not withheld) that say faster where the quiet
   runs say slower, or the reverse; goal 0;
 - precision: the quiet runs' interval widths (relative to the ratio), next to the widths of the
-  quiet runs in the issue's table (the same 2-core machine before this change); goal within 1.5x;
+  quiet runs in the issue's table (the same 2-core machine, another day); and, side by side on
+  the same rounds, the plain bootstrap's width against the width across epochs that reports now
+  quote; goal within 1.5x;
 - wall time of the main job on the quiet machine; goal within 1.2x of 7-10 s;
 - what the busy marks said: the share of rows marked busy in busy and in quiet runs.
 
@@ -114,13 +116,45 @@ def analyse(quiet: list[dict], busy: list[dict]) -> dict:
             "quiet_wall": [q["wall_s"] for q in quiet], "busy_wall": [b["wall_s"] for b in busy]}
 
 
-def section(results: dict[str, tuple[list[dict], list[dict], dict]]) -> str:
+def precision(runs: int) -> list[tuple[str, int, float, float]]:
+    """The interval's width, plain bootstrap vs across epochs (the hull), on the same rounds:
+    the built-in layer's six kernels measured paired in one process, ``runs`` times (quiet).
+    Returns (variant, rounds, plain width, epoch width), widths relative to the ratio."""
+    import torch
+
+    from convcost.timing.device import Numerics, numerics
+    from convcost.timing.harness import Bench, TimingConfig, measure_group
+    from convcost.timing.stats import bootstrap_median_ci, epoch_bootstrap_ci, round_ratios
+    from convcost.variants.catalogue import build, conv_module, expand_variants
+    from convcost.variants.compare import DEFAULT_LAYER as L
+
+    cfg = TimingConfig(numerics=Numerics("cpu", "fp32", False, None))
+    vs = expand_variants(("grouped", "depthwise", "separable"), (2, 4, 8))
+    mods = [conv_module(L).eval()] + [build(L, v).eval() for v in vs]
+    x = torch.randn(L.input_shape)
+    out = []
+    with numerics(cfg.numerics), torch.inference_mode():
+        for _ in range(runs):
+            res = measure_group([Bench(lambda m=m: m(x), cfg) for m in mods], paired=True)
+            for i, v in enumerate(vs, 1):
+                r = round_ratios(res.rounds[0], res.rounds[i])
+                med = statistics.median(r)
+                (lo, hi), (elo, ehi) = bootstrap_median_ci(r), epoch_bootstrap_ci(r)
+                out.append((v.label, len(r), (hi - lo) / med, (ehi - elo) / med))
+    return out
+
+
+def section(results: dict[str, tuple[list[dict], list[dict], dict]],
+            widths: list[tuple[str, int, float, float]]) -> str:
     out = ["## Busy machine: figures that hold or say they cannot (issue 22)", "",
            environment(),
            "This 2-core VM is shared: its neighbours move memory-bound kernels even when "
            "nothing of ours runs, so quiet runs themselves carry that noise. 'busy' = one "
            "`python -c \"while True: pass\"` beside each run. Runs interleaved quiet/busy, each "
-           "in a fresh process with an empty latency table, `--threads auto` (the default).", ""]
+           "in a fresh process with an empty latency table, `--threads auto` (the default). "
+           "'issue's width' is the median quiet width in issue 22's table, measured on another "
+           "day on this VM (the plain interval, before epochs): the last table compares the "
+           "two interval rules on the same rounds, which is the fair comparison.", ""]
     for name, (quiet, busy, a) in results.items():
         out += [f"### `convcost {' '.join(CASES[name])}`", ""]
         if a["coverage"] is None:
@@ -135,10 +169,15 @@ def section(results: dict[str, tuple[list[dict], list[dict], dict]]) -> str:
                 f"{', '.join(f'{w:.1f}' for w in a['busy_wall'])} s",
                 f"- threads chosen: quiet {[q.get('threads') for q in quiet]}, busy "
                 f"{[b.get('threads') for b in busy]}", ""]
+        shown = a["keys"] if len(a["keys"]) <= 12 else sorted(
+            a["keys"], key=lambda k: -max(abs(b["rows"][k]["ratio"] / a["quiet_median"][k] - 1)
+                                          for b in busy if k in b["rows"]))[:8]
+        if len(shown) < len(a["keys"]):
+            out += [f"The {len(shown)} of {len(a['keys'])} rows that moved most under load:", ""]
         head = ["row", "quiet median", *[f"quiet {i + 1}" for i in range(len(quiet))],
                 *[f"busy {i + 1}" for i in range(len(busy))], "quiet width", "issue's width"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for k in a["keys"]:
+        for k in shown:
             cells = [k, f"x{a['quiet_median'][k]:.3f}"]
             for run in [*quiet, *busy]:
                 r = run["rows"].get(k)
@@ -152,6 +191,17 @@ def section(results: dict[str, tuple[list[dict], list[dict], dict]]) -> str:
                       f"{statistics.median(iw):.1%}" if iw else "-"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    if widths:
+        out += ["### Interval width: within rounds vs across epochs, on the same rounds", "",
+                "The built-in layer's kernels measured paired in one process (quiet); for each "
+                "ratio the plain bootstrap's width and the width across epochs (the hull "
+                "reports quote), relative to the ratio.", "",
+                "| variant | rounds | plain | across epochs | x |", "|---|---|---|---|---|"]
+        out += [f"| {v} | {n} | {p:.1%} | {e:.1%} | {e / p if p else 1:.2f} |"
+                for v, n, p, e in widths]
+        ratios = [e / p for _, _, p, e in widths if p]
+        out += ["", f"Across epochs / plain: median {statistics.median(ratios):.2f}, max "
+                f"{max(ratios):.2f} (goal: quiet widths within 1.5x).", ""]
     return "\n".join(out)
 
 
@@ -160,6 +210,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cases", default="main,mobilenet")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-precision", dest="precision", action="store_false",
+                    help="skip the plain vs across-epochs interval comparison")
     args = ap.parse_args()
     results = {}
     for name in args.cases.split(","):
@@ -170,7 +222,7 @@ def main() -> None:
             print(f"{name} round {i + 1}: quiet {quiet[-1]['wall_s']:.1f} s, busy "
                   f"{busy[-1]['wall_s']:.1f} s", file=sys.stderr)
         results[name] = (quiet, busy, analyse(quiet, busy))
-    text = section(results)
+    text = section(results, precision(args.runs) if args.precision else [])
     print(text)
     if not args.no_write:
         write_section("busy-machine", text)
