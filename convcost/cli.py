@@ -13,13 +13,16 @@ import click
 from convcost import __version__
 from convcost.cli_options import (
     FiniteFloat,
-    GroupsType,
-    IntListType,
     ShapeType,
-    VariantsType,
+    apply_option,
+    candidate_options,
+    compare_request,
     count_on_option,
+    layer_request,
     memory_option,
     model_arg_option,
+    plan_options,
+    plan_request,
     source_request,
     timeout_option,
     timing_options,
@@ -34,10 +37,12 @@ from convcost.cli_output import (
     output_format,
     run_process,
     run_status,
+    split_plan_output,
     stdout_console,
     table_width,
     traceback_option,
     write_file,
+    write_plan_file,
 )
 from convcost.errors import InputError
 
@@ -77,6 +82,7 @@ def cli() -> None:
 @click.option("--export-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the conv inventory as a spec of independent layers to FILE.")
 @timing_options
+@apply_option
 @model_arg_option
 @count_on_option
 @timeout_option
@@ -121,12 +127,7 @@ def _export_spec(report: Any, path: Path) -> None:
 
 @cli.command()
 @click.argument("source", required=False)
-@click.option("--groups", "groups", type=GroupsType(), default="1,2,4,8", show_default=True,
-              help="Groups for the grouped variants: a comma list, or 'all' (every valid g).")
-@click.option("--variants", "variant_names", type=VariantsType(),
-              default="grouped,depthwise,separable", show_default=True,
-              help="Variants: dense, grouped, depthwise, separable, pointwise-grouped, shuffle, "
-                   "gdc, or 'all'.")
+@candidate_options
 @click.option("--in", "cin", type=click.IntRange(1, 1 << 16), default=64, show_default=True,
               help="Built-in layer: input channels C.")
 @click.option("--out", "cout", type=click.IntRange(1, 1 << 16), default=64, show_default=True,
@@ -137,16 +138,11 @@ def _export_spec(report: Any, path: Path) -> None:
               help="Built-in layer: input height and width.")
 @click.option("--stride", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Built-in layer: stride.")
-@click.option("--batch", type=click.IntRange(1, 1 << 16), help="Batch size (built-in layer: 32).")
-@click.option("--input-shape", type=ShapeType(), help="Input shape B,C,H,W for a model.")
-@click.option("--layers", "layer_globs", multiple=True, metavar="GLOB",
-              help="Only convs whose qualified name matches GLOB (repeatable, or comma list).")
-@click.option("--kernel-size", "kernel_sizes", type=IntListType(), default=None,
-              help="Only convs with this square kernel size, e.g. 3 or 1,3.")
 @click.option("--model-only", is_flag=True, help="With a SOURCE: print only the whole-model rows.")
 @click.option("--no-model", is_flag=True, help="With a SOURCE: skip the whole-model rows.")
 @_format_options
 @timing_options
+@apply_option
 @model_arg_option
 @count_on_option
 @timeout_option
@@ -169,11 +165,11 @@ def compare(**o: Any) -> int:
     check_outputs(output=o["output"], plot=o["plot"])
     timing = timing_request(o)
     if o["source"] is None:
-        layer, variants = jobs.builtin_layer(_layer_request(o))
+        layer, variants = jobs.builtin_layer(layer_request(o))
         result = isolation.call(jobs.run_compare_layer, layer, variants, timing, progress_for,
                                 isolate=False, label="the built-in layer")
     else:
-        result = isolation.call(jobs.run_compare, source_request(o), _compare_request(o), timing,
+        result = isolation.call(jobs.run_compare, source_request(o), compare_request(o), timing,
                                 progress_for, isolate=jobs.needs_isolation(o["source"]),
                                 label=o["source"], timeout_s=o["timeout"])
     report = result.report
@@ -189,37 +185,39 @@ def compare(**o: Any) -> int:
     return run_status(result.run, o["output"])
 
 
-def _globs(o: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(g for item in o["layer_globs"] for g in item.split(",") if g)
+@cli.command()
+@click.argument("source")
+@plan_options
+@candidate_options
+@_format_options
+@timing_options
+@model_arg_option
+@count_on_option
+@timeout_option
+@wide_option
+@memory_option
+@traceback_option
+def plan(**o: Any) -> int:
+    """Choose, per selected conv, the variant that meets the limits at the least latency (or
+    params, MACs), exactly, and time the planned model against the original to prove it.
+    `-o plan.yaml` writes the plan for `analyze --apply` / `compare --apply` (docs/plan.md)."""
+    from convcost import isolation, jobs
+    from convcost.report.plan import plan_renderables, render_plan
+    from convcost.report.progress import progress_for
 
-
-def _layer_request(o: dict[str, Any]) -> Any:
-    """compare without a SOURCE: the built-in layer's options (SOURCE-only ones refused)."""
-    from convcost.jobs import LayerRequest
-
-    if _globs(o) or o["kernel_sizes"] or o["input_shape"] or o["model_only"] or o["no_model"] \
-            or o["model_args"]:
-        raise InputError("--layers, --kernel-size, --input-shape, --model-only, --no-model "
-                         "and --model-arg need a SOURCE")
-    return LayerRequest(o["cin"], o["cout"], o["kernel"], o["size"], o["stride"], o["batch"],
-                        o["groups"], o["variant_names"], not o["ignore_memory"])
-
-
-def _compare_request(o: dict[str, Any]) -> Any:
-    """compare with a SOURCE: what to compare (the built-in layer's options refused)."""
-    from convcost.jobs import CompareRequest
-
-    if o["model_only"] and o["no_model"]:
-        raise InputError("--model-only and --no-model exclude each other: the first prints only "
-                         "the whole-model rows, the second skips them")
-    ctx = click.get_current_context()
-    given = [p for p in ("cin", "cout", "kernel", "size", "stride")
-             if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
-    if given:
-        raise InputError(f"--{given[0].replace('cin', 'in').replace('cout', 'out')} "
-                         "describes the built-in layer; with a SOURCE the layers come from it")
-    return CompareRequest(o["variant_names"], o["groups"], _globs(o), o["kernel_sizes"] or (),
-                          not o["no_model"])
+    plan_file, out = split_plan_output(o["output"])
+    fmt = output_format(o["fmt"], out, REPORT_FORMATS)
+    check_outputs(output=out, plan_file=plan_file)
+    req = plan_request(o)
+    result = isolation.call(jobs.run_plan, source_request(o), req, timing_request(o),
+                            progress_for, isolate=jobs.needs_isolation(o["source"]),
+                            label=o["source"], timeout_s=o["timeout"])
+    if plan_file is not None:
+        write_plan_file(plan_file, result.report)
+    emit(fmt, out, o["wide"], lambda w: plan_renderables(result.report, w),
+         lambda f: render_plan(result.report, f))
+    status = run_status(result.run, out)
+    return 1 if result.report.broken_latency() else status
 
 
 @cli.command()

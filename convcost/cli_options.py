@@ -229,12 +229,96 @@ def timing_request(o: dict[str, Any]) -> Any:
 
 
 def source_request(o: dict[str, Any]) -> Any:
-    """SOURCE and the options that say how to load and count it."""
+    """SOURCE and the options that say how to load and count it (a plan file to apply, read
+    and validated now: a bad one is an error before any work)."""
     from convcost.jobs import SourceRequest
     from convcost.sources.load import parse_model_args
 
+    plan = None
+    if o.get("apply") is not None:
+        from convcost.plan.planfile import read_plan
+
+        plan = (str(o["apply"]), read_plan(o["apply"]))
     return SourceRequest(o["source"], o["input_shape"], o["batch"],
-                         parse_model_args(o["model_args"]), not o["ignore_memory"], o["count_on"])
+                         parse_model_args(o["model_args"]), not o["ignore_memory"], o["count_on"],
+                         plan)
+
+
+def candidate_options(f: Callable) -> Callable:
+    """What compare and plan select: the variants, their group counts, which convs, the input."""
+    opts = [
+        click.option("--groups", "groups", type=GroupsType(), default="1,2,4,8",
+                     show_default=True,
+                     help="Groups for the grouped variants: a comma list, or 'all' (every "
+                          "valid g)."),
+        click.option("--variants", "variant_names", type=VariantsType(),
+                     default="grouped,depthwise,separable", show_default=True,
+                     help="Variants: dense, grouped, depthwise, separable, pointwise-grouped, "
+                          "shuffle, gdc, or 'all'."),
+        click.option("--batch", type=click.IntRange(1, 1 << 16),
+                     help="Batch size (built-in layer: 32; overrides a spec's)."),
+        click.option("--input-shape", type=ShapeType(), help="Input shape B,C,H,W for a model."),
+        click.option("--layers", "layer_globs", multiple=True, metavar="GLOB",
+                     help="Only convs whose qualified name matches GLOB (repeatable, or comma "
+                          "list)."),
+        click.option("--kernel-size", "kernel_sizes", type=IntListType(), default=None,
+                     help="Only convs with this square kernel size, e.g. 3 or 1,3."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def apply_option(f: Callable) -> Callable:
+    return click.option("--apply", "apply", type=click.Path(dir_okay=False, path_type=Path),
+                        help="A plan file (`convcost plan -o plan.yaml`): its variants are "
+                             "substituted into SOURCE first.")(f)
+
+
+def plan_options(f: Callable) -> Callable:
+    """The planner's options: limits, objective, pinned layers, the front, verification."""
+    opts = [
+        click.option("--max-params", metavar="0.6x|12M",
+                     help="Params limit: a ratio to the original or a count."),
+        click.option("--max-macs", metavar="0.5x|2G",
+                     help="MACs limit: a ratio to the original or a count."),
+        click.option("--max-latency", metavar="0.8x|15ms",
+                     help="Latency limit: a ratio to the original or a duration (the whole "
+                          "model, measured)."),
+        click.option("--minimize", type=click.Choice(["latency", "params", "macs"]),
+                     help="Objective (default latency; params when --max-latency is the only "
+                          "limit)."),
+        click.option("--keep", "keep", multiple=True, metavar="GLOB",
+                     help="Layers to keep as they are (repeatable, or a comma list)."),
+        click.option("--frontier", type=click.IntRange(1, 50), default=1, show_default=True,
+                     help="N plans along the Pareto front, from the fastest to the smallest."),
+        click.option("--verify/--no-verify", default=True, show_default=True,
+                     help="Time each planned model end to end against the original."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def plan_request(o: dict[str, Any]) -> Any:
+    """The planner's options as a :class:`~convcost.jobs.PlanRequest`, checked now."""
+    from convcost.jobs import CompareRequest, PlanRequest, plan_objective
+
+    candidates = CompareRequest(o["variant_names"], o["groups"], layer_globs(o),
+                                o["kernel_sizes"] or (), True)
+    from convcost.plan.costs import parse_limit
+
+    limits = tuple((m, o[f"max_{m}"]) for m in ("params", "macs", "latency")
+                   if o.get(f"max_{m}") is not None)
+    for m, t in limits:
+        parse_limit(m, t)
+    keep = tuple(g.strip() for k in o["keep"] for g in k.split(",") if g.strip())
+    req = PlanRequest(candidates, limits, o["minimize"], keep, o["frontier"], o["verify"])
+    if not o["do_time"] and (plan_objective(req) == "latency" or
+                             any(m == "latency" for m, _ in limits)):
+        raise InputError("--no-time: a plan on latency needs timing; drop --no-time, or plan "
+                         "on counts alone (--minimize params or macs, no --max-latency)")
+    return req
 
 
 def wide_option(f: Callable) -> Callable:
@@ -243,3 +327,34 @@ def wide_option(f: Callable) -> Callable:
                              "important ones and say which).")(f)
 
 
+def layer_globs(o: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(g for item in o["layer_globs"] for g in item.split(",") if g)
+
+
+def layer_request(o: dict[str, Any]) -> Any:
+    """compare without a SOURCE: the built-in layer's options (SOURCE-only ones refused)."""
+    from convcost.jobs import LayerRequest
+
+    if layer_globs(o) or o["kernel_sizes"] or o["input_shape"] or o["model_only"] or o["no_model"] \
+            or o["model_args"]:
+        raise InputError("--layers, --kernel-size, --input-shape, --model-only, --no-model "
+                         "and --model-arg need a SOURCE")
+    return LayerRequest(o["cin"], o["cout"], o["kernel"], o["size"], o["stride"], o["batch"],
+                        o["groups"], o["variant_names"], not o["ignore_memory"])
+
+
+def compare_request(o: dict[str, Any]) -> Any:
+    """compare with a SOURCE: what to compare (the built-in layer's options refused)."""
+    from convcost.jobs import CompareRequest
+
+    if o["model_only"] and o["no_model"]:
+        raise InputError("--model-only and --no-model exclude each other: the first prints only "
+                         "the whole-model rows, the second skips them")
+    ctx = click.get_current_context()
+    given = [p for p in ("cin", "cout", "kernel", "size", "stride")
+             if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise InputError(f"--{given[0].replace('cin', 'in').replace('cout', 'out')} "
+                         "describes the built-in layer; with a SOURCE the layers come from it")
+    return CompareRequest(o["variant_names"], o["groups"], layer_globs(o), o["kernel_sizes"] or (),
+                          not o["no_model"])

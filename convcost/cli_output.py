@@ -209,6 +209,22 @@ def table_width(wide: bool, console: Console) -> int | None:
     return None if wide or not console.is_terminal else console.width
 
 
+def split_plan_output(output: Path | None) -> tuple[Path | None, Path | None]:
+    """plan's ``-o``: a .yaml/.yml path is the plan file (the report then goes to standard
+    output); any other is the report."""
+    if output is not None and output.suffix.lower() in (".yaml", ".yml"):
+        return output, None
+    return None, output
+
+
+def write_plan_file(path: Path, report: Any) -> None:
+    """The best plan of ``report`` as a plan file (see :mod:`convcost.plan.planfile`)."""
+    from convcost.plan.planfile import plan_file_of, plan_yaml
+
+    write_file(path, plan_yaml(plan_file_of(report)))
+    err(f"wrote {path}")
+
+
 def emit(fmt: str, output: Path | None, wide: bool,
          renderables: Callable[[int | None], list[Any]], text: Callable[[str], str]) -> None:
     """Every command's report: a table on a terminal fitted to its width (every column with

@@ -76,6 +76,7 @@ class SourceRequest:
     model_args: dict[str, Any] = field(default_factory=dict)
     memory_check: bool = True
     count_on: str = "auto"
+    plan: tuple[str, Any] | None = None  # (path, PlanFile): substituted after loading
 
 
 @dataclass
@@ -100,6 +101,14 @@ def _load(src: SourceRequest) -> Any:
     phase("loading the model")
     loaded = load_source(src.source, input_shape=src.input_shape, batch=src.batch,
                          memory_check=src.memory_check, model_args=src.model_args)
+    if src.plan is not None:
+        from dataclasses import replace
+
+        from convcost.plan.planfile import apply_plan
+
+        path, plan = src.plan
+        model, notes = apply_plan(loaded.model, loaded.input_shapes, plan, path)
+        loaded = replace(loaded, model=model, notes=[*loaded.notes, *notes])
     settle()  # imports done and the model built: the GC may run again
     return loaded
 
@@ -461,3 +470,120 @@ def run_doctor(sample_s: float) -> list[Any]:
     from convcost.timing.machine import survey
 
     return survey(torch.get_num_threads(), sample_s)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What to plan: the candidates (as compare selects them), the limits as given (``0.6x``
+    or a figure), the objective, pinned layers, how many plans along the front, whether to
+    verify by timing the planned model."""
+
+    candidates: CompareRequest
+    limits: tuple[tuple[str, str], ...]  # (metric, text)
+    objective: str | None = None
+    keep: tuple[str, ...] = ()
+    frontier: int = 1
+    verify: bool = True
+
+
+def plan_objective(req: PlanRequest) -> str:
+    """latency by default; params when --max-latency is the only limit."""
+    if req.objective:
+        return req.objective
+    return "params" if [m for m, _ in req.limits] == ["latency"] else "latency"
+
+
+def run_plan(src: SourceRequest, req: PlanRequest, timing: TimingRequest | None,
+             progress: ProgressFactory | None = None) -> JobResult:
+    """Load SOURCE, count (and time) every candidate of its selected convs, solve for the
+    plan(s) exactly, and time each planned model end to end against the original: the plan
+    command's work."""
+    from dataclasses import replace
+
+    from convcost.plan.costs import options_of, parse_limit
+    from convcost.plan.result import PlanReport
+    from convcost.variants.compare import ORIGINAL, CompareRow, VariantCounter
+
+    limits = [parse_limit(m, t) for m, t in req.limits]
+    loaded = _load(src)
+    if timing is not None:
+        loaded.guard_memory("timing")
+    phase("counting the model and its candidates")
+    built = VariantCounter()
+    report = _plan_candidates(loaded, src, req.candidates, built)
+    report = replace(report, model_baseline=CompareRow(
+        "(model)", ORIGINAL, None, report.model_baseline.params, report.model_baseline.macs,
+        1.0, 1.0, 1.0, 1.0))
+    run = None
+    if timing is not None:
+        timed = _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,
+                              loaded.input_shapes, progress)
+        report, run = timed.report, timed.run
+    opts = options_of(report, req.keep, timing is not None)
+    limits = [x.resolved(opts.original[x.metric]) for x in limits]
+    plans = _solve_plans(opts, limits, plan_objective(req), req.frontier)
+    out = PlanReport(src.source, loaded.name, plan_objective(req), limits, opts, plans,
+                     timing is not None, req.verify and timing is not None,
+                     notes=[*loaded.notes, *report.notes, *opts.notes], device=report.device,
+                     timing=report.timing,
+                     backends=list(timing.backends) if timing is not None else [])
+    if out.verify:
+        run = _verify_plans(out, report, loaded, timing, run, progress)
+    return JobResult(out, run)
+
+
+def _plan_candidates(loaded: Any, src: SourceRequest, what: CompareRequest, built: Any) -> Any:
+    """The comparison the plan chooses from: every candidate of every selected conv, and the
+    original model's row (no substituted whole models)."""
+    from convcost.errors import InputError
+    from convcost.variants.catalogue import Skip
+    from convcost.variants.compare import NothingSelected, compare_model
+
+    try:
+        return compare_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+                             make_inputs=lambda: loaded.inputs, source=src.source,
+                             name=loaded.name, estimated_macs=loaded.estimated_macs,
+                             variant_names=what.variant_names, groups=what.groups,
+                             globs=what.globs, kernel_sizes=what.kernel_sizes, whole_model=True,
+                             counter=built, substitute_whole=False)
+    except Skip as e:
+        text = _nothing_selected(e) if isinstance(e, NothingSelected) else str(e)
+        raise InputError(f"{src.source}: {text}") from e
+
+
+def _solve_plans(opts: Any, limits: list[Any], objective: str, frontier: int) -> list[Any]:
+    """The optimum, or ``frontier`` plans along the Pareto front, with their totals."""
+    from convcost.plan.result import PlannedModel
+    from convcost.plan.solver import Problem, solve
+    from convcost.plan.solver import frontier as front
+
+    problem = Problem(tuple(opts.layers), opts.rest, {x.metric: x.value for x in limits},
+                      objective)
+    sols = front(problem, frontier) if frontier > 1 else [solve(problem)]
+    return [PlannedModel(s.choice, s.totals,
+                         {m: v / opts.original[m] for m, v in s.totals.items()
+                          if opts.original.get(m)}) for s in sols]
+
+
+def _verify_plans(out: Any, report: Any, loaded: Any, timing: TimingRequest, run: Any,
+                  progress: ProgressFactory | None) -> Any:
+    """Time each planned model against the original, end to end, on every backend asked
+    (what is left of the time budget, at least a tenth of it)."""
+    from dataclasses import replace
+
+    from convcost.plan.verify import planned_model, verify
+
+    spent = run.engine.get("timing_s", 0.0) if run is not None else 0.0
+    left = None if timing.budget_s is None else max(timing.budget_s - spent,
+                                                    timing.budget_s / 10)
+    req = replace(timing, budget_s=left)
+    models = [planned_model(loaded.model, report, out.options.layers, p.choice)
+              for p in out.plans]
+    phase("timing the planned model", _timing_allowance(req))
+    with _progress(progress) as prog:
+        return verify(out.plans, models, loaded.model,
+                      [tuple(s) for s in loaded.input_shapes],
+                      req.engines(req.config(_spec_dtype(loaded)), prog), loaded.name)

@@ -97,9 +97,9 @@ def _fmt(metric: str, v: float) -> str:
 
 
 def _needs(problem: Problem) -> tuple[str, ...]:
-    """The metrics the problem uses (latency only when limited or minimised)."""
-    used = {m for m, v in problem.limits.items() if v is not None} | {problem.objective}
-    return tuple(m for m in METRICS if m in used)
+    """The metrics a solution's totals give: params and MACs always, latency when every
+    option has a figure (it was timed)."""
+    return tuple(m for m in METRICS if m != "latency" or _known(problem, "latency"))
 
 
 def _known(problem: Problem, metric: str) -> bool:

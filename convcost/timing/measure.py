@@ -178,7 +178,7 @@ def _engines(engines: TimingEngine | Sequence[TimingEngine]) -> list[TimingEngin
     return [engines] if isinstance(engines, TimingEngine) else list(engines)
 
 
-def _run_all(engines: list[TimingEngine]) -> None:
+def run_all(engines: list[TimingEngine]) -> None:
     """Run the engines one after the other (one per backend), sharing the whole-run budget:
     each gets what is left divided by the backends still to run. After Ctrl-C the rest are
     marked interrupted."""
@@ -202,7 +202,7 @@ def _tag(name: str, engine: TimingEngine, several: bool) -> str:
     return f"{name} [{engine.backend}]" if several else name
 
 
-def _merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
+def merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
     run = _new_run(engines[0], batch)
     _finish_run(run, engines[0])
     run.interrupted = any(e.interrupted for e in engines)
@@ -262,8 +262,8 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
         mk = e.add_group([model_kernel], paired=False, label="whole model")[0]
         keys.append((mk, [e.add_group([k], paired=False, label=r.name)[0]
                           for (_, r), k in zip(rows, row_kernels, strict=True)]))
-    _run_all(engines)
-    run = _merge_runs(engines, shapes[0][0] if shapes and shapes[0] else None)
+    run_all(engines)
+    run = merge_runs(engines, shapes[0][0] if shapes and shapes[0] else None)
     out = AnalysisTiming(run, {}, {}, {}, run.device)
     for e, (model_key, row_keys) in zip(engines, keys, strict=True):
         seen: set[str] = set()
@@ -392,8 +392,8 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
     several = len(engines) > 1
     plans = _plans(report, built or VariantCounter(), model, input_shapes)
     keys = [[e.add_group(p.kernels, paired=True, label=p.label) for p in plans] for e in engines]
-    _run_all(engines)
-    run = _merge_runs(engines, report.layers[0].layer.batch if report.layers else None)
+    run_all(engines)
+    run = merge_runs(engines, report.layers[0].layer.batch if report.layers else None)
     out = CompareTiming(run, {}, {}, run.device, engines[0].cfg.numerics.dtype)
     for e, gkeys_of in zip(engines, keys, strict=True):
         seen: set[str] = set()

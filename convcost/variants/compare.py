@@ -403,14 +403,16 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   make_inputs: Callable[[], tuple[Any, ...]] | None = None,
                   estimated_macs: int | None = None,
                   progress: Callable[[str], None] | None = None,
-                  counter: VariantCounter | None = None) -> CompareReport:
+                  counter: VariantCounter | None = None,
+                  substitute_whole: bool = True) -> CompareReport:
     """Per-layer variant rows for the selected convs, and whole-model rows (every selected conv
     replaced by the variant where it is valid; the others kept and listed).
 
     ``inputs`` are example tensors or their shapes (see :func:`analyze_model`; the substituted
     models are counted the same way as the original). ``groups`` None means ``all``: every valid
     divisor of each layer (model rows take the union). ``counter`` keeps the modules counted,
-    substituted models included, for timing to measure the same objects.
+    substituted models included, for timing to measure the same objects. ``substitute_whole``
+    False keeps only the original model's row (the planner substitutes per layer itself).
     """
     analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
                              make_inputs=make_inputs, estimated_macs=estimated_macs)
@@ -456,7 +458,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     if whole_model:
         report.model_baseline = CompareRow("(model)", ORIGINAL, None, analysis.params,
                                            analysis.macs, 1.0, 1.0, 1.0, 1.0)
-        for v in model_variants:
+        for v in model_variants if substitute_whole else []:
             if progress:
                 progress(f"model: {v.label}")
             report.model_rows.append(_model_row(model, count_whole, layers, v, analysis.params,
