@@ -283,7 +283,8 @@ def run_check(check: Any, measure_latency: bool, max_time_s: float,
     from convcost.sources.load import is_spec_path
 
     shape = None if is_spec_path(check.model) else check.input
-    loaded = _load(SourceRequest(check.model, shape, None, check.model_args, memory_check))
+    loaded = _load(SourceRequest(check.model, shape, None, check.model_args, memory_check,
+                                 plan=check.apply))
     phase("counting the model")
     a = analyze_model(loaded.model, loaded.input_shapes,
                       make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,

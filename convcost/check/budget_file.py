@@ -65,6 +65,7 @@ class Check:
     latency: LatencyTarget | None
     key: str
     model_args: dict[str, Any] = field(default_factory=dict)
+    apply: tuple[str, Any] | None = None  # (path, PlanFile): a plan substituted first
 
 
 UNMEASURED_POLICIES = ("error", "warn", "skip")
@@ -211,7 +212,8 @@ def load_budget(path: str | Path) -> Budget:
 def _parse_check(p: BudgetParser, c: Any, where: str, defaults: dict[str, Any],
                  names: set[str]) -> Check:
     """One entry of ``checks``: its name (unique), model, input, model_args and limits."""
-    p.keys(c, ("name", "model", "model_args", "input", "limits", "layers", "regression"), where)
+    p.keys(c, ("name", "model", "model_args", "input", "limits", "layers", "regression",
+               "apply"), where)
     name = c.get("name")
     if not isinstance(name, str) or not name:
         raise p.err("needs a 'name' (a non-empty string)", c, "name" if "name" in c else None, where)
@@ -240,7 +242,24 @@ def _parse_check(p: BudgetParser, c: Any, where: str, defaults: dict[str, Any],
     if "latency" in limits or "latency" in regression:
         lat = _latency_target(p, c, where, defaults)
     return Check(name, _resolve_model(model, p.path), inp, limits, regression, layers, lat,
-                 where, dict(margs))
+                 where, dict(margs), _plan(p, c, where))
+
+
+def _plan(p: BudgetParser, c: Any, where: str) -> tuple[str, Any] | None:
+    """``apply: plan.yaml`` (relative to the budget file): read and validated now."""
+    if "apply" not in c:
+        return None
+    from convcost.plan.planfile import read_plan
+
+    raw = c["apply"]
+    if not isinstance(raw, str) or not raw:
+        raise p.err("'apply' must be the path of a plan file (convcost plan -o plan.yaml)", c,
+                    "apply", where)
+    path = Path(raw) if Path(raw).is_absolute() else p.path.parent / raw
+    try:
+        return str(path), read_plan(path)
+    except InputError as e:
+        raise p.err(f"'apply': {e}", c, "apply", where) from e
 
 
 def _layer_limits(p: BudgetParser, c: Any, where: str) -> list[LayerLimits]:

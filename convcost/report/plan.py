@@ -80,7 +80,8 @@ def budget_entry(report: PlanReport) -> list[str]:
     """A `convcost check` budget entry for the planned model (with --apply)."""
     best = report.best
     lines = ["checks:", f"  - name: {report.name}-planned", f"    model: {report.source}",
-             "    apply: plan.yaml            # the plan file written with -o plan.yaml",
+             "    apply: plan.yaml            # the plan file (plan -o plan.yaml), relative "
+             "to the budget",
              "    limits:", f"      params: \"{human(best.totals['params'])}\"",
              f"      macs: \"{human(best.totals['macs'])}\""]
     if "latency" in best.totals and best.verified and best.verified[0].planned_ms:
