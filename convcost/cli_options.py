@@ -301,8 +301,15 @@ def plan_options(f: Callable) -> Callable:
 
 
 def plan_request(o: dict[str, Any]) -> Any:
-    """The planner's options as a :class:`~convcost.jobs.PlanRequest`, checked now."""
+    """The planner's options as a :class:`~convcost.jobs.PlanRequest`, checked now (the
+    solver's extra too: one line, before any work)."""
     from convcost.jobs import CompareRequest, PlanRequest, plan_objective
+
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError as e:
+        raise InputError("plan needs the plan extra (scipy's HiGHS solver): pip install "
+                         "'convcost[plan]'") from e
 
     candidates = CompareRequest(o["variant_names"], o["groups"], layer_globs(o),
                                 o["kernel_sizes"] or (), True)
@@ -318,6 +325,9 @@ def plan_request(o: dict[str, Any]) -> Any:
                              any(m == "latency" for m, _ in limits)):
         raise InputError("--no-time: a plan on latency needs timing; drop --no-time, or plan "
                          "on counts alone (--minimize params or macs, no --max-latency)")
+    if not o["do_time"] and req.frontier > 1:
+        raise InputError("--frontier runs from the fastest plan to the smallest: it needs "
+                         "timing (drop --no-time)")
     return req
 
 

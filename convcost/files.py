@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -181,3 +182,28 @@ def append_text(path: str | Path, text: str, what: str = "summary") -> None:
             f.write(text)
     except OSError as e:
         raise InputError(f"{p}: cannot append the {what}: {_why(e)}") from e
+
+
+@contextlib.contextmanager
+def quiet_fds():  # type: ignore[no-untyped-def]
+    """Silence file descriptors 1 and 2 inside the block: native code that prints (the
+    TorchScript exporter's IR graph on a failure, HiGHS's MIP notes) would land in a report
+    printed on stdout."""
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no such descriptors (embedded use): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)

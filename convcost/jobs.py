@@ -502,11 +502,9 @@ def run_plan(src: SourceRequest, req: PlanRequest, timing: TimingRequest | None,
     """Load SOURCE, count (and time) every candidate of its selected convs, solve for the
     plan(s) exactly, and time each planned model end to end against the original: the plan
     command's work."""
-    from dataclasses import replace
-
     from convcost.plan.costs import options_of, parse_limit
     from convcost.plan.result import PlanReport
-    from convcost.variants.compare import ORIGINAL, CompareRow, VariantCounter
+    from convcost.variants.compare import VariantCounter
 
     limits = [parse_limit(m, t) for m, t in req.limits]
     loaded = _load(src)
@@ -515,9 +513,6 @@ def run_plan(src: SourceRequest, req: PlanRequest, timing: TimingRequest | None,
     phase("counting the model and its candidates")
     built = VariantCounter()
     report = _plan_candidates(loaded, src, req.candidates, built)
-    report = replace(report, model_baseline=CompareRow(
-        "(model)", ORIGINAL, None, report.model_baseline.params, report.model_baseline.macs,
-        1.0, 1.0, 1.0, 1.0))
     run = None
     if timing is not None:
         timed = _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,

@@ -170,12 +170,23 @@ def test_bad_plan_files_are_one_line(tmp_path, body, needle):
 def test_plan_refusals_are_one_line(tmp_path):
     one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time"]), 2, "--no-time")
     one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time", "--minimize", "params",
+                                       "--frontier", "3"]), 2, "--frontier")
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time", "--minimize", "params",
                                        "--max-params", "10"]), 2, "cannot be met",
               "the least params any plan reaches")
     one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time", "--minimize", "params",
                                        "--max-params", "0.6y"]), 2, "--max-params")
     one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time", "--minimize", "params",
                                        "--max-params", "-1x"]), 2, "--max-params")
+
+
+def test_missing_solver_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--no-time", "--minimize", "params"]), 2,
+              "pip install 'convcost[plan]'")
 
 
 def test_timed_plan_is_verified_end_to_end():

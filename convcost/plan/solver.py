@@ -167,8 +167,11 @@ def _milp(problem: Problem, objective: str, limits: dict[str, float]) -> list[in
         for j, (li, oi) in enumerate(index):
             a[r, j] = problem.layers[li].options[oi].value(metric)
         lo[r], hi[r] = -np.inf, limit - problem.rest.get(metric, 0.0)
-    res = milp(c, constraints=LinearConstraint(a.tocsr(), lo, hi), integrality=np.ones(n),
-               bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+    from convcost.files import quiet_fds
+
+    with quiet_fds():  # HiGHS prints notes from C++ now and then
+        res = milp(c, constraints=LinearConstraint(a.tocsr(), lo, hi), integrality=np.ones(n),
+                   bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
     if res.status != 0 or res.x is None:
         return None
     choice = [0] * len(problem.layers)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from convcost.errors import first_line
+from convcost.files import quiet_fds
 
 OPSET = 17
 
@@ -46,7 +45,7 @@ def export_onnx(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> tupl
     # export traces with autograd off but outside inference mode (tracing needs normal tensors)
     with torch.inference_mode(False), torch.no_grad():
         xs = tuple(torch.zeros(x.shape, dtype=x.dtype, device=x.device) for x in inputs)
-        with _quiet_fds():
+        with quiet_fds():
             return _export(module, xs, names)
 
 
@@ -80,30 +79,6 @@ def _line(e: BaseException | None) -> str:
     if e is None:
         return ""
     return _ANSI.sub("", first_line(e, 400))[:200]
-
-
-@contextlib.contextmanager
-def _quiet_fds():  # type: ignore[no-untyped-def]
-    """Silence file descriptors 1 and 2 while exporting: the TorchScript exporter prints its IR
-    graph from C++ on a failure, which would land in a report printed on stdout."""
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no such descriptors (embedded use): nothing to silence
-        yield
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
 
 
 @contextlib.contextmanager
