@@ -235,12 +235,15 @@ def test_calibrate_then_roofline_columns(tmp_path, monkeypatch):
     d = json.loads(r.stdout)
     assert d["bandwidth_gbs"] > 0 and d["tflops"]["fp32"] > 0
     assert (tmp_path / "peaks.json").exists()
+    # the peaks are per thread count: time with calibrate's (torch's default), not --threads
+    # auto's, which takes fewer on a busy machine
+    same = ["--threads", str(torch.get_num_threads())]
     r = CliRunner().invoke(cli, ["compare", "--in", "16", "--out", "16", "--size", "16",
-                                 "--groups", "4", "-f", "json", *FAST])
+                                 "--groups", "4", "-f", "json", *FAST, *same])
     v = json.loads(r.stdout)["variants"][0]["timing"]["roofline"]
     assert v["bound"] in ("memory", "compute") and v["pct_of_bound"] > 0 and v["bound_ms"] > 0
     t = CliRunner().invoke(cli, ["compare", "--in", "16", "--out", "16", "--size", "16",
-                                 "--groups", "4", *FAST])
+                                 "--groups", "4", *FAST, *same])
     assert "% bound" in t.stdout and "run `convcost calibrate`" not in t.stdout
 
 
