@@ -134,6 +134,12 @@ def test_plan_file_round_trips_through_apply(tmp_path):
     c = CliRunner().invoke(cli, ["compare", LAYERS, "--apply", str(plan), "--no-time",
                                  "--groups", "2"])
     assert c.exit_code == 0, c.output
+    spec = tmp_path / "planned.yaml"
+    e = CliRunner().invoke(cli, ["analyze", LAYERS, "--apply", str(plan), "--no-time",
+                                 "--export-spec", str(spec)])
+    assert e.exit_code == 0, e.output
+    s = CliRunner().invoke(cli, ["analyze", str(spec), "--no-time", "-f", "json"])
+    assert json.loads(s.stdout)["totals"]["macs"] == d["plan"]["predicted"]["macs"]
     b = tmp_path / "budget.yaml"
     b.write_text(f"version: 1\nchecks:\n  - name: planned\n    model: {LAYERS}\n"
                  f"    apply: plan.yaml\n    limits: {{params: '{d['plan']['predicted']['params']}'}}\n")
