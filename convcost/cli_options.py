@@ -225,7 +225,7 @@ def timing_request(o: dict[str, Any]) -> Any:
         return None
     return TimingRequest(dev, o["dtype"], o["channels_last"], o["threads"], o["cold"],
                          o["max_time"], o["time_budget"], o["fresh"], backends=backends,
-                         on_busy=o["on_busy"])
+                         on_busy=o["on_busy"]).resolved()
 
 
 def source_request(o: dict[str, Any]) -> Any:

@@ -30,6 +30,7 @@ class TimingRequest:
     use_table: bool = True
     backends: tuple[str, ...] = ("eager",)
     on_busy: str = "withhold"  # figures of a busy machine: withhold (marked) or accept
+    threads_note: str = ""  # how "auto" chose the thread count (see resolved())
 
     def config(self, default_dtype: str = "fp32") -> Any:
         from convcost.timing.device import Numerics
@@ -42,11 +43,21 @@ class TimingRequest:
         return TimingConfig(numerics=Numerics(self.device, dt, cl, threads), cold=self.cold,
                             max_time_s=self.max_time_s, threads_note=note)
 
+    def resolved(self) -> TimingRequest:
+        """This request with ``auto`` threads read now, once: every phase of a command (a
+        plan's candidates and its verification) then times with the same count."""
+        if self.threads != "auto":
+            return self
+        from dataclasses import replace
+
+        threads, note = self._threads()
+        return replace(self, threads=threads, threads_note=note)
+
     def _threads(self) -> tuple[int | None, str]:
         """The thread count, and how it was chosen (``auto`` on the CPU: torch's default less
         the cores other tasks are using now; on CUDA: torch's default)."""
         if self.threads != "auto":
-            return self.threads if isinstance(self.threads, int) else None, ""
+            return self.threads if isinstance(self.threads, int) else None, self.threads_note
         if self.device.startswith("cuda"):
             return None, ""
         import torch
