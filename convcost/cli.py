@@ -17,12 +17,11 @@ from convcost.cli_options import (
     apply_option,
     candidate_options,
     compare_request,
-    count_on_option,
     layer_request,
     memory_option,
-    model_arg_option,
     plan_options,
     plan_request,
+    source_options,
     source_request,
     timeout_option,
     timing_options,
@@ -83,11 +82,7 @@ def cli() -> None:
               help="Also write the conv inventory as a spec of independent layers to FILE.")
 @timing_options
 @apply_option
-@model_arg_option
-@count_on_option
-@timeout_option
-@wide_option
-@memory_option
+@source_options
 @traceback_option
 def analyze(**o: Any) -> int:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
@@ -143,11 +138,7 @@ def _export_spec(report: Any, path: Path) -> None:
 @_format_options
 @timing_options
 @apply_option
-@model_arg_option
-@count_on_option
-@timeout_option
-@wide_option
-@memory_option
+@source_options
 @traceback_option
 def compare(**o: Any) -> int:
     """Params and MACs of cheaper variants of each conv, counted next to the closed form.
@@ -191,11 +182,7 @@ def compare(**o: Any) -> int:
 @candidate_options
 @_format_options
 @timing_options
-@model_arg_option
-@count_on_option
-@timeout_option
-@wide_option
-@memory_option
+@source_options
 @traceback_option
 def plan(**o: Any) -> int:
     """Choose, per selected conv, the variant that meets the limits at the least latency (or

@@ -269,6 +269,14 @@ def candidate_options(f: Callable) -> Callable:
     return f
 
 
+def source_options(f: Callable) -> Callable:
+    """How a SOURCE is loaded, counted and shown: --model-arg, --count-on, --timeout, --wide,
+    --ignore-memory-limit (analyze, compare, plan)."""
+    for d in (memory_option, wide_option, timeout_option, count_on_option, model_arg_option):
+        f = d(f)
+    return f
+
+
 def apply_option(f: Callable) -> Callable:
     return click.option("--apply", "apply", type=click.Path(dir_okay=False, path_type=Path),
                         help="A plan file (`convcost plan -o plan.yaml`): its variants are "
