@@ -21,6 +21,7 @@ from convcost.cli_options import (
     memory_option,
     plan_options,
     plan_request,
+    plan_timing,
     source_options,
     source_request,
     timeout_option,
@@ -196,7 +197,7 @@ def plan(**o: Any) -> int:
     fmt = output_format(o["fmt"], out, REPORT_FORMATS)
     check_outputs(output=out, plan_file=plan_file)
     req = plan_request(o)
-    result = isolation.call(jobs.run_plan, source_request(o), req, timing_request(o),
+    result = isolation.call(jobs.run_plan, source_request(o), req, plan_timing(o),
                             progress_for, isolate=jobs.needs_isolation(o["source"]),
                             label=o["source"], timeout_s=o["timeout"])
     if plan_file is not None:
@@ -391,9 +392,27 @@ def cache_export(file: Path, fmt: str | None) -> None:
                          "or --format json|csv")
     check_outputs(export=file)
     t, rows = _table_rows()
-    write_file(file, cache_json(rows, str(t.path)) if fmt == "json" else cache_csv(rows),
+    write_file(file, cache_json(rows, str(t.path), t.pairs()) if fmt == "json" else
+               cache_csv(rows),
                say=False)
     click.echo(f"wrote {len(rows)} measurement(s) to {file}", err=True)
+
+
+@cache.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@traceback_option
+def cache_import(file: Path) -> int:
+    """Merge a latency table exported on another machine (`cache export FILE.json`): every
+    row validated, fingerprints kept; a malformed row is one line and is not imported."""
+    from convcost.jobs import run_cache_import
+
+    got = run_cache_import(file)
+    for line in got.refused:
+        err(line)
+    click.echo(f"imported {got.kernels} measurement(s) and {got.pairs} paired ratio(s) from "
+               f"{file} into {got.table}" + (f"; {len(got.refused)} row(s) refused" if got.refused
+                                             else ""))
+    return 2 if got.refused else 0
 
 
 @cache.command("clear")

@@ -302,10 +302,27 @@ def plan_options(f: Callable) -> Callable:
                      help="N plans along the Pareto front, from the fastest to the smallest."),
         click.option("--verify/--no-verify", default=True, show_default=True,
                      help="Time each planned model end to end against the original."),
+        click.option("--from-table", is_flag=True,
+                     help="Plan from the latency table alone: measure nothing, verify nothing "
+                          "(figures of another device: `cache import`, then --target)."),
+        click.option("--target", metavar="NAME[@THREADS]",
+                     help="With --from-table: the device of the table whose figures to plan "
+                          "from (a part of its name), instead of this machine."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def plan_timing(o: dict[str, Any]) -> Any:
+    """The timing options of plan (None with --no-time); with --from-table, nothing is
+    measured and figures come from the table (another device's with --target)."""
+    from dataclasses import replace
+
+    timing = timing_request(o)
+    if timing is None or not o["from_table"]:
+        return timing
+    return replace(timing, table_only=True, target=o["target"])
 
 
 def plan_request(o: dict[str, Any]) -> Any:
@@ -328,7 +345,12 @@ def plan_request(o: dict[str, Any]) -> Any:
     for m, t in limits:
         parse_limit(m, t)
     keep = tuple(g.strip() for k in o["keep"] for g in k.split(",") if g.strip())
-    req = PlanRequest(candidates, limits, o["minimize"], keep, o["frontier"], o["verify"])
+    if o["target"] is not None and not o["from_table"]:
+        raise InputError("--target names a device of the latency table: it needs --from-table")
+    if o["from_table"] and (not o["do_time"] or o["fresh"]):
+        raise InputError("--from-table reads the latency table: drop --no-time and --fresh")
+    req = PlanRequest(candidates, limits, o["minimize"], keep, o["frontier"],
+                      o["verify"] and not o["from_table"], o["from_table"])
     if not o["do_time"] and (plan_objective(req) == "latency" or
                              any(m == "latency" for m, _ in limits)):
         raise InputError("--no-time: a plan on latency needs timing; drop --no-time, or plan "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from convcost.isolation import TIMING_MARGIN_S, phase
@@ -31,6 +32,8 @@ class TimingRequest:
     backends: tuple[str, ...] = ("eager",)
     on_busy: str = "withhold"  # figures of a busy machine: withhold (marked) or accept
     threads_note: str = ""  # how "auto" chose the thread count (see resolved())
+    table_only: bool = False  # plan --from-table: read the latency table, measure nothing
+    target: str | None = None  # with table_only: the device whose figures to read (a name)
 
     def config(self, default_dtype: str = "fp32") -> Any:
         from convcost.timing.device import Numerics
@@ -73,10 +76,31 @@ class TimingRequest:
 
         table = LatencyTable.open() if self.use_table else LatencyTable.disabled()
         several = len(self.backends) > 1
+        target = target_device(table, self.target) if self.target is not None else None
         return [TimingEngine(cfg, table=table, budget_s=self.budget_s, fresh=self.fresh,
                              backend=b, progress=_Labelled(progress, b) if several else progress,
-                             store_busy=self.on_busy == "accept")
+                             store_busy=self.on_busy == "accept", table_only=self.table_only,
+                             target=target)
                 for b in self.backends]
+
+
+def target_device(table: Any, name: str) -> dict[str, Any]:
+    """The one device (name and thread count) of the latency table whose name contains
+    ``name`` (case-insensitive; ``NAME@THREADS`` picks a thread count); InputError listing
+    what the table holds when none or several match."""
+    from convcost.errors import InputError
+
+    want, _, threads = name.partition("@")
+    devs = [d for d in table.devices() if isinstance(d["device_name"], str)
+            and want.strip().lower() in d["device_name"].lower()
+            and (not threads or str(d["threads"]) == threads.strip())]
+    held = "; ".join(f"{d['device_name']}@{d['threads']} ({d['rows']} rows, torch {d['torch']})"
+                     for d in table.devices()) or "nothing"
+    if len(devs) != 1:
+        what = "no device" if not devs else f"{len(devs)} devices"
+        raise InputError(f"--target {name!r}: {what} of the latency table match; it holds: "
+                         f"{held[:600]} (name a part of one, and @THREADS when several)")
+    return devs[0]
 
 
 @dataclass(frozen=True)
@@ -499,6 +523,7 @@ class PlanRequest:
     keep: tuple[str, ...] = ()
     frontier: int = 1
     verify: bool = True
+    from_table: bool = False  # figures from the latency table alone (nothing measured)
 
 
 def plan_objective(req: PlanRequest) -> str:
@@ -536,10 +561,21 @@ def run_plan(src: SourceRequest, req: PlanRequest, timing: TimingRequest | None,
                      timing is not None, req.verify and timing is not None,
                      notes=[*loaded.notes, *report.notes, *opts.notes], device=report.device,
                      timing=report.timing,
-                     backends=list(timing.backends) if timing is not None else [])
+                     backends=list(timing.backends) if timing is not None else [],
+                     from_table=_table_source(report) if req.from_table else None)
     if out.verify:
         run = _verify_plans(out, report, loaded, timing, run, progress)
     return JobResult(out, run)
+
+
+def _table_source(report: Any) -> str:
+    """Where a --from-table plan's figures came from: the device and the newest figure."""
+    from convcost.timing.device import fingerprint_line
+
+    dev = report.device or {}
+    stamps = [r.cached_at for _, r in report.keyed_rows() if r.cached_at]
+    when = f", measured up to {max(stamps)[:10]}" if stamps else ""
+    return f"{fingerprint_line(dev) if dev else 'this machine'}{when}"
 
 
 def _plan_candidates(loaded: Any, src: SourceRequest, what: CompareRequest, built: Any) -> Any:
@@ -594,3 +630,71 @@ def _verify_plans(out: Any, report: Any, loaded: Any, timing: TimingRequest, run
         return verify(out.plans, models, loaded.model,
                       [tuple(s) for s in loaded.input_shapes],
                       req.engines(req.config(_spec_dtype(loaded)), prog), loaded.name)
+
+
+# --------------------------------------------------------------------------- cache import
+
+MAX_IMPORT_BYTES = 256 << 20
+MAX_REFUSED_LINES = 50
+
+
+@dataclass
+class Imported:
+    """What `cache import` merged, and one line per refused row."""
+
+    kernels: int
+    pairs: int
+    table: str
+    refused: list[str]
+
+
+def run_cache_import(path: Any) -> Imported:
+    """Validate every row of an exported latency table (JSON) and merge the valid ones into
+    this machine's table, keys and fingerprints as they are: the figures of another device,
+    for `plan --from-table --target`."""
+    import json
+
+    from convcost.errors import InputError
+    from convcost.files import read_bounded
+    from convcost.timing.table import (
+        KERNEL_FIELDS,
+        LatencyTable,
+        imported_kernel_problem,
+        imported_pair_problem,
+    )
+
+    data = read_bounded(Path(path), MAX_IMPORT_BYTES, "latency table export")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not a JSON export of a latency table ({type(e).__name__})") \
+            from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("measurements"), list) or \
+            not isinstance(doc.get("pairs", []), list):
+        raise InputError(f"{path}: not a latency table export (a JSON object with a "
+                         "'measurements' list, as `convcost cache export FILE.json` writes)")
+    table = LatencyTable.open()
+    if table.con is None or not table.writable:
+        raise InputError(f"cannot import into the latency table: "
+                         f"{'; '.join(table.notices) or table.path}")
+    refused: list[str] = []
+    n_k = n_p = 0
+    for i, row in enumerate(doc["measurements"]):
+        why = imported_kernel_problem(row)
+        if why:
+            refused.append(f"{path}: measurements[{i}]: {why}; not imported")
+            continue
+        table.put_kernel({f: row[f] for f in KERNEL_FIELDS})
+        n_k += 1
+    for i, p in enumerate(doc.get("pairs", [])):
+        why = imported_pair_problem(p)
+        if why:
+            refused.append(f"{path}: pairs[{i}]: {why}; not imported")
+            continue
+        table.put_pair(p["base_key"], p["var_key"], p["ratio"], p["lo"], p["hi"], p["rounds"],
+                       p["measured_at"])
+        n_p += 1
+    if len(refused) > MAX_REFUSED_LINES:
+        refused = [*refused[:MAX_REFUSED_LINES],
+                   f"{path}: ... and {len(refused) - MAX_REFUSED_LINES} more refused row(s)"]
+    return Imported(n_k, n_p, str(table.path), refused)

@@ -223,3 +223,82 @@ def test_a_plan_over_its_latency_limit_is_exit_1():
     rep = PlanReport("s", "s", "latency", [Limit("latency", "1ms", None, 1.0)],
                      Options([], {}, {}), [best], True, True)
     assert rep.broken_latency() and best.agrees(best.verified[0]) is False
+
+
+# --------------------------------------------------------------------------- another device
+
+
+def _as_phone(doc: dict) -> dict:
+    """An export as if measured on another device: its name, threads, keys and figures (x3)."""
+    import hashlib
+
+    def key(k: str) -> str:
+        return hashlib.md5(f"phone{k}".encode()).hexdigest()
+
+    for m in doc["measurements"]:
+        m.update(device_name="Phone X", threads=4, key=key(m["key"]))
+        for f in ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms"):
+            m[f] *= 3
+    for p in doc["pairs"]:
+        p.update(base_key=key(p["base_key"]), var_key=key(p["var_key"]))
+    return doc
+
+
+def test_plan_from_an_imported_table_of_another_device(tmp_path, monkeypatch):
+    r = CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--max-time", "0.05",
+                                 "-f", "json"])
+    assert r.exit_code == 0, r.output
+    here = json.loads(r.stdout)
+    exported = tmp_path / "t.json"
+    assert CliRunner().invoke(cli, ["cache", "export", str(exported)]).exit_code == 0
+    phone = tmp_path / "phone.json"
+    phone.write_text(json.dumps(_as_phone(json.loads(exported.read_text()))))
+    monkeypatch.setenv("CONVCOST_CACHE_DIR", str(tmp_path / "other"))
+    i = CliRunner().invoke(cli, ["cache", "import", str(phone)])
+    assert i.exit_code == 0 and "imported" in i.stdout, i.output
+    p = CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--from-table",
+                                 "--target", "phone", "-f", "json"])
+    assert p.exit_code == 0, p.output
+    d = json.loads(p.stdout)
+    assert "Phone X" in d["from_table"] and d["verified"] is False and d["plan"]["measured"] == []
+    assert d["original"]["latency"] == pytest.approx(3 * here["original"]["latency"])
+    t = CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--from-table",
+                                 "--target", "phone"])
+    assert "planned from the latency table alone" in t.stdout and "nothing was measured" in t.stdout
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--from-table", "--target", "tpu"]), 2,
+              "--target 'tpu'", "Phone X@4")
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--target", "phone"]), 2, "--from-table")
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--from-table", "--fresh"]), 2,
+              "--from-table")
+    # this machine's own figures are not in that table: nothing to plan from
+    one_error(CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--from-table"]),
+              2, "not in the latency table")
+
+
+def test_cache_import_refuses_malformed_rows_one_line_each(tmp_path):
+    CliRunner().invoke(cli, ["compare", TINY, "--groups", "2", "--variants", "grouped",
+                             "--max-time", "0.05", "--no-model"])
+    exported = tmp_path / "t.json"
+    assert CliRunner().invoke(cli, ["cache", "export", str(exported)]).exit_code == 0
+    doc = _as_phone(json.loads(exported.read_text()))
+    good = len(doc["measurements"])
+    bad = [dict(doc["measurements"][0], key="not-hex"),
+           dict(doc["measurements"][0], median_ms=-1.0),
+           dict(doc["measurements"][0], label="x" * 10_000),
+           dict(doc["measurements"][0], in_shapes=[[1, -3]]),
+           dict(doc["measurements"][0], converged="yes"),
+           "a string", {"key": "0" * 32}]
+    doc["measurements"] += bad
+    doc["pairs"].append({"base_key": "0" * 32, "var_key": "1" * 32, "ratio": float("nan")})
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(doc))
+    r = CliRunner().invoke(cli, ["cache", "import", str(f)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    refused = [x for x in r.output.splitlines() if "not imported" in x]
+    assert len(refused) == len(bad) + 1 and all(str(f) in x for x in refused)
+    assert f"imported {good} measurement(s)" in r.stdout
+    for text in ("not json", "[" * 100_000, json.dumps({"measurements": 3})):
+        f.write_text(text)
+        one_error(CliRunner().invoke(cli, ["cache", "import", str(f)]), 2, str(f))
+    d = CliRunner().invoke(cli, ["cache", "import", str(tmp_path)])  # a directory
+    assert d.exit_code == 2 and "Traceback" not in d.output

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from convcost.errors import InputError
 from convcost.plan.solver import LayerOptions, Option
+from convcost.timing.status import Status
 from convcost.units import parse_count, parse_duration_ms
 from convcost.variants.compare import CompareReport, CompareRow, LayerCompare
 
@@ -123,8 +124,10 @@ def options_of(report: CompareReport, keep: tuple[str, ...], timed: bool) -> Opt
             "macs": mb.macs - sum(lay.options[0].macs for lay in layers)}
     if timed:
         if mb.latency_ms is None:
-            raise InputError(f"{report.source}: the whole model could not be timed "
-                             f"({mb.latency_source or 'no figure'}); a latency plan needs it")
+            status = Status.of(mb.latency_source)
+            why = status.missing_text if status is not None else "no figure"
+            raise InputError(f"{report.source}: the whole model has no latency ({why}); a "
+                             "latency plan needs it")
         original["latency"] = mb.latency_ms
         rest["latency"] = mb.latency_ms - sum(lay.options[0].latency_ms or 0.0 for lay in layers)
     busy = [f"{lay.name} {o.label}" for lay in layers for o in lay.options if o.busy]

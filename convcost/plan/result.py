@@ -66,6 +66,7 @@ class PlanReport:
     device: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
     backends: list[str] = field(default_factory=list)
+    from_table: str | None = None  # planned from the latency table alone: whose figures
 
     @property
     def best(self) -> PlannedModel:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from convcost.counting.analysis import SCHEMA_VERSION, report_meta
 from convcost.report.common import json_text
 from convcost.report.layout import Col, dropped_line, fit_table, rich_text
+from convcost.timing.table import PAIR_FIELDS
 from convcost.units import fmt_ms
 
 if TYPE_CHECKING:
@@ -52,12 +53,15 @@ def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
                  style="dim")]
 
 
-def cache_json(rows: list[dict[str, Any]], path: str) -> str:
+def cache_json(rows: list[dict[str, Any]], path: str,
+               pairs: list[dict[str, Any]] | None = None) -> str:
     doc = {"schema_version": SCHEMA_VERSION, "tool": report_meta(), "latency_table": path,
            "conventions": {"median_ms": "median wall time per call in milliseconds",
                            "in_shapes": "input shapes with the batch dimension",
                            "macs": "multiply-adds per call (fvcore convention)"},
-           "measurements": [{f: r.get(f) for f in EXPORT_FIELDS} for r in rows]}
+           "measurements": [{**{f: r.get(f) for f in EXPORT_FIELDS},
+                             "signature": r.get("signature")} for r in rows],
+           "pairs": [{f: p.get(f) for f in PAIR_FIELDS} for p in pairs or []]}
     return json_text(doc) + "\n"
 
 

@@ -68,7 +68,11 @@ def verdict_lines(report: PlanReport) -> list[str]:
         lim = next(x for x in report.limits if x.metric == "latency")
         out.append(f"FAIL: the planned model measured {fmt_ms(v.planned_ms)} on {v.backend}, "
                    f"over --max-latency {lim.text} ({fmt_ms(lim.value)})")
-    if report.timed and not report.verify:
+    if report.from_table:
+        out.append(f"planned from the latency table alone ({report.from_table}): nothing was "
+                   "measured and the plan was not verified; time it on that device with "
+                   "`convcost compare --apply plan.yaml SOURCE`")
+    elif report.timed and not report.verify:
         out.append("not verified (--no-verify): the totals are predictions from per-layer "
                    "figures")
     if not report.timed:
@@ -178,6 +182,7 @@ def plan_dict(report: PlanReport) -> dict[str, Any]:
                        for x in report.limits],
             "original": report.options.original, "rest": report.options.rest,
             "timed": report.timed, "verified": report.verify,
+            "from_table": report.from_table,
             "plan": plan_d(report.best), "frontier": [plan_d(p) for p in report.plans],
             "busy_options": report.options.busy, "notes": report.notes,
             "limitations": LIMITS_LINE, "device": report.device, "timing": report.timing}
@@ -202,6 +207,9 @@ def plan_csv(report: PlanReport) -> str:
                     round(p.totals["params"]), report.options.original["macs"],
                     round(p.totals["macs"]), report.options.original.get("latency", ""),
                     p.totals.get("latency", "")])
+    if report.from_table:
+        w.writerow(["note", f"planned from the latency table alone ({report.from_table}): "
+                    "nothing measured, not verified"])
     return buf.getvalue()
 
 

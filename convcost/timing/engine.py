@@ -40,9 +40,9 @@ from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
 
-MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING = (
+MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT = (
     Status.MEASURED, Status.CACHED, Status.SAME, Status.FAILED, Status.BUDGET,
-    Status.INTERRUPTED, Status.PENDING)
+    Status.INTERRUPTED, Status.PENDING, Status.ABSENT)
 CPU_MACS_PER_S = 3e10  # rough speeds, only to split the budget before a kernel's first call
 CUDA_MACS_PER_S = 2e13
 CALL_OVERHEAD_S = 2e-5
@@ -138,6 +138,11 @@ class TimingEngine:
     # figures measured while the machine was busy are always marked; stored in the table (and
     # quoted by reports) only when the user accepts them (--on-busy accept)
     store_busy: bool = False
+    # read figures from the latency table only, measure nothing (plan --from-table); with
+    # ``target`` ({device_name, threads} of a row the table holds), another device's figures,
+    # looked up by what was measured rather than by key (keys hold their device's fingerprint)
+    table_only: bool = False
+    target: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.device = fingerprint(self.cfg.numerics, self.batch)
@@ -153,6 +158,11 @@ class TimingEngine:
         self.canaries: Canaries | None = None  # CPU runs: started with the first measurement
         self.windows: list[MachineState] = []  # one per group measured, in order
         self._snaps: list[Snapshot] = []  # the machine's counters at each window's ends
+        self._stored_key: dict[str, str] = {}  # our key -> the table's (another device's)
+        if self.target is not None:
+            self.device = {**self.device, "name": self.target["device_name"],
+                           "threads": self.target["threads"], "torch": self.target.get("torch"),
+                           "onednn": None, "from_table": True}
 
     # -- registration -------------------------------------------------------------------------
     def key(self, k: Kernel) -> str:
@@ -190,12 +200,26 @@ class TimingEngine:
         return self.pairs.get((base_key, var_key), PairResult())
 
     # -- the run ------------------------------------------------------------------------------
+    def _stored(self, key: str) -> dict[str, Any] | None:
+        """The table's row for ``key``: by key, or (``target``) by what was measured."""
+        if self.target is None:
+            return self.table.get_kernel(key)
+        k, n = self._kernels[key], self.cfg.numerics
+        row = self.table.find_kernel({
+            "signature": k.signature, "in_shapes": [list(s) for s in k.in_shapes],
+            "dtype": n.dtype, "memory_format": n.memory_format, "backend": self.backend,
+            "cold": self.cfg.cold, "device_name": self.target["device_name"],
+            "threads": self.target["threads"]})
+        if row is not None:
+            self._stored_key[key] = row["key"]
+        return row
+
     def _lookup_cache(self) -> None:
         if self.fresh:
             return
         for key, r in self.results.items():
             if r.status == PENDING:
-                row = self.table.get_kernel(key)
+                row = self._stored(key)
                 if row is not None and row.get("median_ms") is not None:
                     r.status, r.cached_at = CACHED, row.get("measured_at")
                     r.measurement = Measurement(
@@ -209,7 +233,7 @@ class TimingEngine:
             # measured again, so is the ratio (from the same interleaved rounds)
             both = self.results[b].status == CACHED and self.results[v].status == CACHED
             if p.status == PENDING and both:
-                row = self.table.get_pair(b, v)
+                row = self.table.get_pair(self._stored_key.get(b, b), self._stored_key.get(v, v))
                 if row is not None and row.get("ratio") is not None:
                     p.status, p.cached_at = CACHED, row.get("measured_at")
                     p.ratio = PairedRatio(row["ratio"], row["lo"], row["hi"], row["rounds"] or 0)
@@ -230,6 +254,9 @@ class TimingEngine:
     def run(self) -> None:
         """Measure everything still pending, within the budget; never raises KeyboardInterrupt."""
         self._lookup_cache()
+        if self.table_only:  # nothing is measured: what the table lacks stays absent
+            self.abandon(ABSENT)
+            return
         todo = [g for g in self.groups if self._todo(g)]
         total = sum(len(self._todo(g)) for g in todo)
         self.progress.start(total, self.budget_s)

@@ -15,6 +15,7 @@ class Status(str, Enum):
     FAILED = "failed"
     BUDGET = "budget"  # the time budget ran out before it
     INTERRUPTED = "interrupted"
+    ABSENT = "absent"  # not in the latency table, and the run measures nothing (--from-table)
     PENDING = "pending"
 
     def __str__(self) -> str:  # the plain value in f-strings and CSV, on every Python
@@ -38,4 +39,5 @@ class Status(str, Enum):
 
 
 _MISSING = {Status.BUDGET: "not measured (budget)",
-            Status.INTERRUPTED: "not measured (interrupted)"}
+            Status.INTERRUPTED: "not measured (interrupted)",
+            Status.ABSENT: "not in the latency table"}

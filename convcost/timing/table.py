@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,46 @@ class LatencyTable:
             out.append(d)
         return out
 
+    def pairs(self) -> list[dict[str, Any]]:
+        """Every stored paired ratio (invalid ones left out with a notice)."""
+        if self.con is None:
+            return []
+        try:
+            cur = self.con.execute("SELECT * FROM pairs ORDER BY measured_at DESC")
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        except sqlite3.Error as e:
+            self._disable(e)
+            return []
+        return [d for row in rows
+                if (d := self._valid(dict(zip(names, row, strict=True)), pair_problem))]
+
+    def find_kernel(self, what: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest valid measurement of the same kernel on a device named in ``what``
+        (signature, in_shapes, dtype, memory_format, backend, cold, device_name, threads):
+        how a plan reads another device's figures (its keys hold that device's fingerprint)."""
+        cols = ("signature", "in_shapes", "dtype", "memory_format", "backend", "cold",
+                "device_name", "threads")
+        args = tuple(json.dumps(what[c]) if c == "in_shapes" else
+                     (int(what[c]) if c == "cold" else what[c]) for c in cols)
+        return self._valid(self._get(
+            "SELECT * FROM kernels WHERE " + " AND ".join(f"{c} IS ?" for c in cols)
+            + " ORDER BY measured_at DESC LIMIT 1", args), kernel_problem)
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The (device, device_name, threads, torch) combinations the table holds figures for."""
+        if self.con is None:
+            return []
+        try:
+            cur = self.con.execute("SELECT device, device_name, threads, torch, COUNT(*), "
+                                   "MAX(measured_at) FROM kernels GROUP BY device, "
+                                   "device_name, threads, torch")
+            return [dict(zip(("device", "device_name", "threads", "torch", "rows", "newest"), r,
+                             strict=True)) for r in cur.fetchall()]
+        except sqlite3.Error as e:
+            self._disable(e)
+            return []
+
     def count(self) -> tuple[int, int]:
         """(kernel rows, pair rows)."""
         if self.con is None:
@@ -367,6 +408,43 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
             isinstance(s, list) and all(_count(x) for x in s) for s in shapes):
         return "in_shapes is not a list of shapes"
     return None
+
+
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+MAX_TEXT = 4096  # the longest text field an imported row may hold
+
+
+def imported_kernel_problem(d: Any) -> str | None:
+    """Why a measurement from another machine's export cannot be imported (None: it can):
+    a mapping with every stored field, a 32-hex key, bounded text, and everything
+    :func:`kernel_problem` checks of a stored row."""
+    if not isinstance(d, dict):
+        return "not a mapping"
+    missing = [f for f in KERNEL_FIELDS if f not in d]
+    if missing:
+        return f"missing {', '.join(missing[:4])}"
+    if not isinstance(d["key"], str) or not _KEY.match(d["key"]):
+        return "key is not 32 hexadecimal digits"
+    if any(isinstance(d[f], str) and len(d[f]) > MAX_TEXT for f in KERNEL_FIELDS):
+        return f"a text field is longer than {MAX_TEXT} characters"
+    if not isinstance(d["in_shapes"], list) or not isinstance(d["converged"], bool) or \
+            not isinstance(d["cold"], bool):
+        return "in_shapes, converged or cold has the wrong type"
+    try:
+        shapes = json.dumps(d["in_shapes"])
+    except (TypeError, ValueError, RecursionError):
+        return "in_shapes is not a list of shapes"
+    return kernel_problem({**d, "in_shapes": shapes})
+
+
+def imported_pair_problem(d: Any) -> str | None:
+    if not isinstance(d, dict):
+        return "not a mapping"
+    if not all(isinstance(d.get(k), str) and _KEY.match(d[k]) for k in ("base_key", "var_key")):
+        return "base_key or var_key is not 32 hexadecimal digits"
+    if isinstance(d.get("measured_at"), str) and len(d["measured_at"]) > MAX_TEXT:
+        return "measured_at is too long"
+    return pair_problem(d)
 
 
 def pair_problem(d: dict[str, Any]) -> str | None:
