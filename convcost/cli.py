@@ -370,7 +370,7 @@ def cache_list(fmt: str, wide: bool) -> None:
 
     t, rows = _table_rows()
     emit(fmt, None, wide, lambda w: cache_renderables(rows, str(t.path), t.count()[1], width=w),
-         lambda f: cache_json(rows, str(t.path)) if f == "json" else cache_csv(rows))
+         lambda f: cache_json(rows, str(t.path), t.pairs()) if f == "json" else cache_csv(rows))
 
 
 @cache.command("export")
