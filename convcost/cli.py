@@ -195,13 +195,17 @@ def plan(**o: Any) -> int:
 
     plan_file, out = split_plan_output(o["output"])
     fmt = output_format(o["fmt"], out, REPORT_FORMATS)
-    check_outputs(output=out, plan_file=plan_file)
+    check_outputs(output=out, plan_file=plan_file, plot=o["plot"])
     req = plan_request(o)
     result = isolation.call(jobs.run_plan, source_request(o), req, plan_timing(o),
                             progress_for, isolate=jobs.needs_isolation(o["source"]),
                             label=o["source"], timeout_s=o["timeout"])
     if plan_file is not None:
         write_plan_file(plan_file, result.report)
+    if o["plot"] is not None:
+        from convcost.report.plot import plot_plan
+
+        click.echo(f"wrote {plot_plan(result.report, o['plot'])}", err=True)
     emit(fmt, out, o["wide"], lambda w: plan_renderables(result.report, w),
          lambda f: render_plan(result.report, f))
     status = run_status(result.run, out)

@@ -195,7 +195,8 @@ def test_missing_solver_is_one_line(monkeypatch):
               "pip install 'convcost[plan]'")
 
 
-def test_timed_plan_is_verified_end_to_end():
+def test_timed_plan_is_verified_end_to_end(tmp_path):
+    pytest.importorskip("matplotlib")
     r = CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--max-time", "0.05",
                                  "-f", "json"])
     assert r.exit_code == 0, r.output
@@ -207,9 +208,11 @@ def test_timed_plan_is_verified_end_to_end():
     assert lo <= m["ratio"] <= hi
     assert d["plan"]["predicted"]["params"] <= 0.8 * d["original"]["params"]
     assert d["plan"]["predicted_ratio"]["latency"] > 0
+    png = tmp_path / "front.png"
     t = CliRunner().invoke(cli, ["plan", TINY, "--max-params", "0.8x", "--max-time", "0.05",
-                                 "--frontier", "3"])
+                                 "--frontier", "3", "--plot", str(png)])
     assert t.exit_code == 0, t.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "the Pareto front" in t.stdout and "measured on eager" in t.stdout
     assert "budget entry for the planned model" in t.stdout
 

@@ -210,6 +210,7 @@ def plan_csv(report: PlanReport) -> str:
     if report.from_table:
         w.writerow(["note", f"planned from the latency table alone ({report.from_table}): "
                     "nothing measured, not verified"])
+    w.writerow(["note", LIMITS_LINE])
     return buf.getvalue()
 
 

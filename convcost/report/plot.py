@@ -150,6 +150,39 @@ def plot_analysis(report: Any, path: Path) -> Path:
     return _save(fig, plt, path, head)
 
 
+def plot_plan(report: Any, path: Path) -> Path:
+    """The plans (the front with --frontier): params ratio against the predicted latency ratio,
+    and the measured ratio with its 95% interval per backend, next to the original (1, 1)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    xs = [p.ratios.get("params") for p in report.plans]
+    pred = [p.ratios.get("latency") for p in report.plans]
+    if any(v is not None for v in pred):
+        ax.plot(xs, pred, "o--", label="predicted (sum of per-layer figures)", zorder=3)
+    for b in report.backends if report.verify else []:
+        pts = [(x, v) for x, p in zip(xs, report.plans, strict=True) for v in p.verified
+               if v.backend == b and v.ratio is not None and v.ci is not None]
+        if pts:
+            ax.errorbar([x for x, _ in pts], [v.ratio for _, v in pts],
+                        yerr=[[v.ratio - v.ci[0] for _, v in pts],
+                              [v.ci[1] - v.ratio for _, v in pts]],
+                        fmt="s", capsize=3, label=f"measured on {b} (95%)", zorder=4)
+    for i, (x, y) in enumerate(zip(xs, pred, strict=True), 1):
+        if x is not None and y is not None:
+            ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.scatter([1.0], [1.0], marker="*", s=120, color="grey", label="original", zorder=5)
+    ax.set_xlabel("params / original")
+    ax.set_ylabel("latency / original")
+    ax.legend(fontsize=8)
+    note = "" if report.verify else (" (from the table, not measured)" if report.from_table
+                                     else " (not verified)")
+    head = (f"convcost plan: {report.name}, {len(report.plans)} plan(s){note}\n"
+            f"{(report.device or {}).get('name', '')}")
+    ax.set_title(head, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path, head)
+
+
 def _save(fig: Any, plt: Any, path: Path, title: str) -> Path:
     """Render the PNG in memory and write it atomically (never a half-written image); the
     title is also stored in the PNG's Title text chunk, so scripts can tell the plots apart."""
