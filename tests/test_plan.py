@@ -305,3 +305,24 @@ def test_cache_import_refuses_malformed_rows_one_line_each(tmp_path):
         one_error(CliRunner().invoke(cli, ["cache", "import", str(f)]), 2, str(f))
     d = CliRunner().invoke(cli, ["cache", "import", str(tmp_path)])  # a directory
     assert d.exit_code == 2 and "Traceback" not in d.output
+
+
+def test_the_budget_entry_guards_the_planned_model(tmp_path):
+    """The report ends with a ready `convcost check` entry: with the plan file beside it, the
+    planned model passes its own params and MACs limits (exact integers, not rounded)."""
+    import shutil
+
+    spec = tmp_path / "layers.yaml"
+    shutil.copy(LAYERS, spec)
+    r = CliRunner().invoke(cli, ["plan", str(spec), "--no-time", "--minimize", "params",
+                                 "--max-macs", "0.5x", "-o", str(tmp_path / "plan.yaml")])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    start = lines.index("checks:")
+    entry = [x for x in lines[start:start + 8] if not x.startswith("      latency")]
+    entry = entry[: next(i for i, x in enumerate(entry) if "macs:" in x) + 1]
+    b = tmp_path / "budget.yaml"
+    b.write_text("version: 1\n" + "\n".join(entry) + "\n")
+    k = CliRunner().invoke(cli, ["check", str(b), "--no-time", "-f", "json"])
+    assert k.exit_code == 0, (k.output, b.read_text())
+    assert {x["metric"] for x in json.loads(k.stdout)["results"]} == {"params", "macs"}

@@ -86,11 +86,14 @@ def budget_entry(report: PlanReport) -> list[str]:
     lines = ["checks:", f"  - name: {report.name}-planned", f"    model: {report.source}",
              "    apply: plan.yaml            # the plan file (plan -o plan.yaml), relative "
              "to the budget",
-             "    limits:", f"      params: \"{human(best.totals['params'])}\"",
-             f"      macs: \"{human(best.totals['macs'])}\""]
+             "    limits:", f"      params: {round(best.totals['params'])}",
+             f"      macs: {round(best.totals['macs'])}"]
     if "latency" in best.totals and best.verified and best.verified[0].planned_ms:
+        dev = (report.device or {}).get("device") or "cpu"
+        dtype = (report.device or {}).get("dtype") or "fp32"
         lines.append(f"      latency: {{warn: \"{fmt_ms(best.verified[0].planned_ms * 1.1)}\", "
-                     f"device: cpu, backend: {best.verified[0].backend}}}")
+                     f"device: {dev.split(':')[0]}, dtype: {dtype}, "
+                     f"backend: {best.verified[0].backend}}}   # measured + 10%")
     return lines
 
 
