@@ -47,3 +47,24 @@ def write_section(key: str, body: str) -> None:
     pat = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pat.sub(lambda _m: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
+
+
+def run_json(args: list[str], cache: str) -> tuple[dict, dict | None]:
+    """``python -m convcost ARGS -f json`` in a fresh process with its own cache folder:
+    ({rc, wall_s, error?}, the parsed report or None when stdout was not JSON)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "CONVCOST_CACHE_DIR": cache}
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "convcost", *args, "-f", "json"],
+                       cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True,
+                       text=True)
+    out: dict = {"rc": p.returncode, "wall_s": time.perf_counter() - t0}
+    try:
+        return out, json.loads(p.stdout)
+    except json.JSONDecodeError:
+        out["error"] = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return out, None

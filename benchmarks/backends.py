@@ -18,18 +18,14 @@ repeated once with ten times the budget. Results go to docs/benchmarks.md (secti
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import environment, write_section  # noqa: E402
+from benchmarks._report import environment, run_json, write_section  # noqa: E402
 
 CASES = {
     "built-in layer": ["compare", "--groups", "1,2,4,8"],
@@ -40,17 +36,8 @@ CASES = {
 
 def run_case(args: list[str], backend: str, budget: float) -> dict:
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "CONVCOST_CACHE_DIR": cache}
-        cmd = [sys.executable, "-m", "convcost", *args, "--backend", backend, "--time-budget",
-               str(budget), "-f", "json"]
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    out = {"rc": p.returncode, "wall_s": wall}
-    try:
-        d = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        out["error"] = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        out, d = run_json([*args, "--backend", backend, "--time-budget", str(budget)], cache)
+    if d is None:
         return out
     b = d["timing"]["backends"][backend]
     out.update(setup_s=b["setup_s"], timing_s=b["timing_s"], measured=b["measured"],

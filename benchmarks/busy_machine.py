@@ -25,8 +25,6 @@ Cases: the main job (`convcost compare --groups 1,2,4,8`) and a MobileNetV2 comp
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import environment, write_section  # noqa: E402
+from benchmarks._report import environment, run_json, write_section  # noqa: E402
 
 CASES = {
     "main": ["compare", "--groups", "1,2,4,8"],
@@ -57,20 +55,13 @@ def run_once(args: list[str], busy: bool) -> dict:
         if hog is not None:
             time.sleep(0.5)
         with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "CONVCOST_CACHE_DIR": cache}
-            t0 = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "convcost", *args, "-f", "json"], cwd=ROOT,
-                               env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
+            out, d = run_json(args, cache)
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
-    try:
-        d = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        return {"rc": p.returncode, "wall_s": wall, "rows": {},
-                "error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    if d is None:
+        return {**out, "rows": {}}
     rows = {}
     for lc in d.get("layers") or [{"name": "layer", "variants": d["variants"]}]:
         for v in lc["variants"]:
@@ -79,7 +70,7 @@ def run_once(args: list[str], busy: bool) -> dict:
             rows[f"{lc['name']} {v['label']}"] = {
                 "ratio": v["ratio"]["latency"], "ci": v["latency_ratio_ci"],
                 "busy": bool(v.get("latency_busy"))}
-    return {"rc": p.returncode, "wall_s": wall, "rows": rows,
+    return {**out, "rows": rows,
             "threads": d.get("device", {}).get("threads"),
             "machine": d.get("timing", {}).get("machine", {})}
 

@@ -18,11 +18,8 @@ Results go to docs/benchmarks.md (section "plan").
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import environment, write_section  # noqa: E402
+from benchmarks._report import environment, run_json, write_section  # noqa: E402
 
 
 def solver_speed() -> tuple[float, float]:
@@ -60,17 +57,8 @@ def solver_speed() -> tuple[float, float]:
 
 
 def run_plan(model: str, cache: str) -> dict:
-    env = {**os.environ, "CONVCOST_CACHE_DIR": cache}
-    cmd = [sys.executable, "-m", "convcost", "plan", f"examples/models.py:{model}",
-           "--max-params", "0.6x", "-f", "json"]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    out = {"rc": p.returncode, "wall_s": wall}
-    try:
-        d = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        out["error"] = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    out, d = run_json(["plan", f"examples/models.py:{model}", "--max-params", "0.6x"], cache)
+    if d is None:
         return out
     best = d["plan"]
     changed = [x for x in best["layers"] if x["variant"]]

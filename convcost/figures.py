@@ -81,15 +81,16 @@ class MachineState:
         return {"busy": self.busy, "why": list(self.why), "causes": list(self.causes),
                 "wall_s": round(self.wall_s, 4),
                 "cpus": self.cpus, "threads": self.threads,
-                "own_cores": _r(self.own_cores), "others_cores": _r(self.others_cores),
-                "steal_cores": _r(self.steal_cores),
+                "own_cores": rounded(self.own_cores), "others_cores": rounded(self.others_cores),
+                "steal_cores": rounded(self.steal_cores),
                 "involuntary_switches": self.involuntary_switches,
                 "runnable_others": self.runnable_others, "freq_mhz": self.freq_mhz,
-                "canary_drift": _r(self.canary_drift),
-                "canary_tolerance": _r(self.canary_tolerance), "gpu": self.gpu}
+                "canary_drift": rounded(self.canary_drift),
+                "canary_tolerance": rounded(self.canary_tolerance), "gpu": self.gpu}
 
 
-def _r(x: float | None) -> float | None:
+def rounded(x: float | None) -> float | None:
+    """A figure for a report, to 4 decimals (None stays None)."""
     return None if x is None else round(x, 4)
 
 

@@ -91,12 +91,13 @@ def target_device(table: Any, name: str) -> dict[str, Any]:
     from convcost.errors import InputError
 
     want, _, threads = name.partition("@")
-    devs = [d for d in table.devices() if isinstance(d["device_name"], str)
+    held_devs = table.devices()
+    devs = [d for d in held_devs if isinstance(d["device_name"], str)
             and want.strip().lower() in d["device_name"].lower()
             and (not threads or str(d["threads"]) == threads.strip())]
-    held = "; ".join(f"{d['device_name']}@{d['threads']} ({d['rows']} rows, torch {d['torch']})"
-                     for d in table.devices()) or "nothing"
     if len(devs) != 1:
+        held = "; ".join(f"{d['device_name']}@{d['threads']} ({d['rows']} rows, torch "
+                         f"{d['torch']})" for d in held_devs) or "nothing"
         what = "no device" if not devs else f"{len(devs)} devices"
         raise InputError(f"--target {name!r}: {what} of the latency table match; it holds: "
                          f"{held[:600]} (name a part of one, and @THREADS when several)")

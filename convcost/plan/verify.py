@@ -39,7 +39,7 @@ def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Modu
     """Time ``original`` and every planned model paired on each engine; fills each plan's
     ``verified`` (one :class:`Verified` per backend) and returns the timing run."""
     from convcost.timing.kernel import Kernel
-    from convcost.timing.measure import merge_runs, run_all
+    from convcost.timing.measure import is_busy, merge_runs, run_all
 
     kernels = [Kernel(original, shapes, None, None, f"model {name} original", "model")]
     kernels += [Kernel(m, shapes, None, round(p.totals.get("macs", 0)) or None,
@@ -51,7 +51,7 @@ def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Modu
         base = e.kernel(ks[0])
         for plan, key in zip(plans, ks[1:], strict=True):
             kr, pr = e.kernel(key), e.pair(ks[0], key)
-            busy = bool((kr.machine and kr.machine.busy) or (pr.machine and pr.machine.busy))
+            busy = is_busy(kr.machine) or is_busy(pr.machine)
             err = kr.error or base.error
             if pr.ratio is None and not err:
                 err = f"not measured ({pr.status})"

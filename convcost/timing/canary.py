@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from convcost.figures import rounded
+
 INTERVAL_S = 1.0
 # the least relative move that counts, per canary (memory, compute): on a quiet shared VM the
 # copy's best time wanders by up to ~30% within a run, the matmul's by a few percent
@@ -107,9 +109,9 @@ class Canaries:
         return max(moves, key=lambda m: abs(m[0]) / m[1])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"memory_ms": _r(self.reference[0]) if self.reference else None,
-                "compute_ms": _r(self.reference[1]) if self.reference else None,
-                "tolerance": [_r(t) for t in self.tolerances() or ()],
+        return {"memory_ms": rounded(self.reference[0]) if self.reference else None,
+                "compute_ms": rounded(self.reference[1]) if self.reference else None,
+                "tolerance": [rounded(t) for t in self.tolerances() or ()],
                 "readings": len(self.readings),
                 "what": f"copy of {COPY_ELEMENTS * 4 >> 20} MiB; {MATMUL_N}x{MATMUL_N} fp32 matmul"}
 
@@ -119,6 +121,3 @@ def _rel_spread(v: list[float]) -> float:
     q1, med, q3 = statistics.quantiles(v, n=4, method="inclusive")
     return (q3 - q1) / med if med > 0 else 0.0
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)

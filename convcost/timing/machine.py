@@ -151,13 +151,18 @@ def gpu_state(device: str) -> dict[str, Any] | None:
         return None
 
 
+def load_over(sample_s: float) -> MachineState:
+    """The machine's state over the next ``sample_s`` seconds while we sleep: what other tasks
+    use (``--threads auto`` and ``convcost doctor`` read it)."""
+    a = snapshot()
+    time.sleep(sample_s)
+    return window(a, snapshot(), threads=1)
+
+
 def idle_cores(sample_s: float = 0.2) -> tuple[int, float | None]:
     """(usable CPUs, the cores other tasks kept busy over ``sample_s``): what
     ``--threads auto`` reads before a run. The figure is None where /proc/stat is missing."""
-    a = snapshot()
-    time.sleep(sample_s)
-    b = snapshot()
-    st = window(a, b, threads=1)
+    st = load_over(sample_s)
     return st.cpus, st.others_cores
 
 
@@ -201,9 +206,7 @@ def _read(path: str) -> str | None:
 
 
 def _load_finding(sample_s: float) -> list[Finding]:
-    a = snapshot()
-    time.sleep(sample_s)
-    st = window(a, snapshot(), threads=1)
+    st = load_over(sample_s)
     out = []
     if st.others_cores is None:
         out.append(Finding("load", "not readable (no /proc/stat)", "info"))

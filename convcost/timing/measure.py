@@ -10,7 +10,7 @@ finished; a callable that fails is marked in its row and the run goes on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -109,8 +109,6 @@ def _finish_run(run: TimingRun, engine: TimingEngine) -> None:
         "backend": engine.backend, "setup_s": round(engine.setup_s, 3),
     }
     run.notices = list(engine.table.notices)
-    run.machine = {**machine_summary(engine.windows, engine.canaries),
-                   "on_busy": "accept" if engine.store_busy else "withhold"}
 
 
 def machine_summary(windows: Sequence[MachineState], canaries: Canaries | None) -> dict[str, Any]:
@@ -279,10 +277,10 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
                 rl = roofline(r.flops // max(1, r.calls), compulsory_bytes(
                     modules[r.name], r.in_shape, r.out_shape or [], e.cfg.numerics.dtype),
                     kr.median_ms, run.peaks, e.cfg.numerics.dtype)
-            busy = _busy(kr.machine)
+            busy = is_busy(kr.machine)
             out.layers.setdefault(i, {})[e.backend] = LatencyFigure(
                 latency_ms=kr.median_ms, timing=kernel_timing(kr, roofline=rl), busy=busy,
-                withheld=busy and not e.store_busy)
+                withheld=_withheld(busy, e))
         out.model[e.backend] = ModelLatency(mk.median_ms, kernel_timing(mk),
                                             sum(layer_ms.values()) if layer_ms else None,
                                             len(layer_ms))
@@ -299,15 +297,17 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
 # --------------------------------------------------------------------------- compare
 
 
-def _figure(kr: KernelResult, pr: PairResult | None, *, same: bool, base: bool,
-            roof: dict[str, Any] | None) -> LatencyFigure:
-    """One row's figure on one backend: the kernel's median and, for a variant, its paired
+def _figure(kr: KernelResult, pr: PairResult | None, e: TimingEngine, *, same: bool,
+            base: bool, roof: dict[str, Any] | None) -> LatencyFigure:
+    """One row's figure on engine ``e``: the kernel's median and, for a variant, its paired
     ratio to the original (``same``: the original's own kernel, ratio 1 by definition)."""
     if same:
+        busy = is_busy(kr.machine)
         return LatencyFigure(kr.median_ms, 1.0, (1.0, 1.0), None, SAME, kr.cached_at,
-                             kernel_timing(kr, source=SAME, roofline=roof), _busy(kr.machine))
+                             kernel_timing(kr, source=SAME, roofline=roof), busy,
+                             _withheld(busy, e))
     ratio = ci = rounds = pair = None
-    busy = _busy(kr.machine)
+    busy = is_busy(kr.machine)
     if base:
         ratio = 1.0 if kr.median_ms is not None else None
     elif pr is not None and pr.ratio is not None:
@@ -317,13 +317,19 @@ def _figure(kr: KernelResult, pr: PairResult | None, *, same: bool, base: bool,
             pair["cached_at"] = pr.cached_at
         if pr.machine is not None:
             pair["busy"] = pr.machine.busy
-        busy = busy or _busy(pr.machine)
+        busy = busy or is_busy(pr.machine)
     return LatencyFigure(kr.median_ms, ratio, ci, rounds, kr.status, kr.cached_at,
-                         kernel_timing(kr, pair=pair, roofline=roof), busy)
+                         kernel_timing(kr, pair=pair, roofline=roof), busy, _withheld(busy, e))
 
 
-def _busy(m: MachineState | None) -> bool:
+def is_busy(m: MachineState | None) -> bool:
+    """Measured while the machine was busy (None: a cached figure, never marked)."""
     return m is not None and m.busy
+
+
+def _withheld(busy: bool, e: TimingEngine) -> bool:
+    """A busy figure stays out of headlines unless the run accepts busy figures."""
+    return busy and not e.store_busy
 
 
 @dataclass
@@ -410,10 +416,9 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
                     roof = roofline(r.flops, compulsory_bytes(m, p.layer.input_shape,
                                                               p.layer.output_shape, dt),
                                     kr.median_ms, run.peaks, dt)
-                fig = _figure(kr, e.pair(gkeys[0], key) if i else None, same=same, base=i == 0,
-                              roof=roof)
-                out.figures.setdefault(rk, {})[e.backend] = replace(
-                    fig, withheld=fig.busy and not e.store_busy)
+                out.figures.setdefault(rk, {})[e.backend] = _figure(
+                    kr, e.pair(gkeys[0], key) if i else None, e, same=same, base=i == 0,
+                    roof=roof)
     _dedupe(run)
     out.summary = run.summary()
     if report.is_model:

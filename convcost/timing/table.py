@@ -229,41 +229,33 @@ class LatencyTable:
             return None
         return dict(zip([d[0] for d in cur.description], row, strict=True))
 
-    def kernels(self) -> list[dict[str, Any]]:
-        """Every stored measurement, newest first."""
+    def _all(self, sql: str, problem: Any) -> list[dict[str, Any]]:
+        """Every row ``sql`` selects that ``problem`` finds valid (the others left out with a
+        notice)."""
         if self.con is None:
             return []
         try:
-            cur = self.con.execute("SELECT * FROM kernels ORDER BY measured_at DESC, label")
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        except sqlite3.Error as e:
-            self._disable(e)
-            return []
-        out = []
-        for row in rows:
-            d = self._valid(dict(zip(names, row, strict=True)), kernel_problem)
-            if d is None:
-                continue
-            d["in_shapes"] = json.loads(d["in_shapes"]) if d.get("in_shapes") else None
-            d["converged"] = bool(d["converged"])
-            d["cold"] = bool(d["cold"])
-            out.append(d)
-        return out
-
-    def pairs(self) -> list[dict[str, Any]]:
-        """Every stored paired ratio (invalid ones left out with a notice)."""
-        if self.con is None:
-            return []
-        try:
-            cur = self.con.execute("SELECT * FROM pairs ORDER BY measured_at DESC")
+            cur = self.con.execute(sql)
             names = [d[0] for d in cur.description]
             rows = cur.fetchall()
         except sqlite3.Error as e:
             self._disable(e)
             return []
         return [d for row in rows
-                if (d := self._valid(dict(zip(names, row, strict=True)), pair_problem))]
+                if (d := self._valid(dict(zip(names, row, strict=True)), problem))]
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """Every stored measurement, newest first."""
+        out = self._all("SELECT * FROM kernels ORDER BY measured_at DESC, label", kernel_problem)
+        for d in out:
+            d["in_shapes"] = json.loads(d["in_shapes"]) if d.get("in_shapes") else None
+            d["converged"] = bool(d["converged"])
+            d["cold"] = bool(d["cold"])
+        return out
+
+    def pairs(self) -> list[dict[str, Any]]:
+        """Every stored paired ratio (invalid ones left out with a notice)."""
+        return self._all("SELECT * FROM pairs ORDER BY measured_at DESC", pair_problem)
 
     def find_kernel(self, what: dict[str, Any]) -> dict[str, Any] | None:
         """The newest valid measurement of the same kernel on a device named in ``what``
