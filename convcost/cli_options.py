@@ -142,6 +142,14 @@ def model_arg_option(f: Callable) -> Callable:
                              "--model-arg aux_logits=false --model-arg image_size=384.")(f)
 
 
+def input_option(f: Callable) -> Callable:
+    return click.option("--input", "inputs", multiple=True, metavar="SPEC",
+                        help="What a model is called with, repeatable (docs/inputs.md): a "
+                             "tensor 1x3x224x224, an integer one 1x128:int64<30522, a list of "
+                             "images [3x480x640,3x320x320], a keyword NAME=SPEC, or an inputs "
+                             "file FILE.yaml.")(f)
+
+
 def timeout_option(f: Callable) -> Callable:
     return click.option("--timeout", type=FiniteFloat(1, 86400), default=600.0,
                         show_default=True,
@@ -239,9 +247,14 @@ def source_request(o: dict[str, Any]) -> Any:
         from convcost.plan.planfile import read_plan
 
         plan = (str(o["apply"]), read_plan(o["apply"]))
+    inputs = None
+    if o.get("inputs"):
+        from convcost.inputs import parse_input
+
+        inputs = parse_input(o["inputs"])
     return SourceRequest(o["source"], o["input_shape"], o["batch"],
                          parse_model_args(o["model_args"]), not o["ignore_memory"], o["count_on"],
-                         plan)
+                         plan, inputs)
 
 
 def candidate_options(f: Callable) -> Callable:
@@ -272,7 +285,8 @@ def candidate_options(f: Callable) -> Callable:
 def source_options(f: Callable) -> Callable:
     """How a SOURCE is loaded, counted and shown: --model-arg, --count-on, --timeout, --wide,
     --ignore-memory-limit (analyze, compare, plan)."""
-    for d in (memory_option, wide_option, timeout_option, count_on_option, model_arg_option):
+    for d in (memory_option, wide_option, timeout_option, count_on_option, model_arg_option,
+              input_option):
         f = d(f)
     return f
 
@@ -376,9 +390,9 @@ def layer_request(o: dict[str, Any]) -> Any:
     from convcost.jobs import LayerRequest
 
     if layer_globs(o) or o["kernel_sizes"] or o["input_shape"] or o["model_only"] or o["no_model"] \
-            or o["model_args"]:
-        raise InputError("--layers, --kernel-size, --input-shape, --model-only, --no-model "
-                         "and --model-arg need a SOURCE")
+            or o["model_args"] or o["inputs"]:
+        raise InputError("--layers, --kernel-size, --input-shape, --input, --model-only, "
+                         "--no-model and --model-arg need a SOURCE")
     return LayerRequest(o["cin"], o["cout"], o["kernel"], o["size"], o["stride"], o["batch"],
                         o["groups"], o["variant_names"], not o["ignore_memory"])
 

@@ -113,6 +113,7 @@ class SourceRequest:
     memory_check: bool = True
     count_on: str = "auto"
     plan: tuple[str, Any] | None = None  # (path, PlanFile): substituted after loading
+    inputs: Any = None  # convcost.inputs.Example from --input (None: --input-shape or default)
 
 
 @dataclass
@@ -135,15 +136,16 @@ def _load(src: SourceRequest) -> Any:
     from convcost.startup import settle
 
     phase("loading the model")
-    loaded = load_source(src.source, input_shape=src.input_shape, batch=src.batch,
-                         memory_check=src.memory_check, model_args=src.model_args)
+    loaded = load_source(src.source, input_shape=src.input_shape, inputs=src.inputs,
+                         batch=src.batch, memory_check=src.memory_check,
+                         model_args=src.model_args)
     if src.plan is not None:
         from dataclasses import replace
 
         from convcost.plan.planfile import apply_plan
 
         path, plan = src.plan
-        model, notes = apply_plan(loaded.model, loaded.input_shapes, plan, path)
+        model, notes = apply_plan(loaded.model, loaded.example, plan, path)
         loaded = replace(loaded, model=model, notes=[*loaded.notes, *notes])
     settle()  # imports done and the model built: the GC may run again
     return loaded
@@ -163,7 +165,7 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
     if cfg is not None:  # refuse a timed run that cannot fit before any work
         loaded.guard_memory("timing")
     phase("counting the model")
-    report = analyze_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+    report = analyze_model(loaded.model, loaded.example, count_on=src.count_on,
                            make_inputs=lambda: loaded.inputs, source=src.source,
                            name=loaded.name, estimated_macs=loaded.estimated_macs,
                            dtype=cfg.numerics.dtype if cfg else (dtype or _spec_dtype(loaded)))
@@ -174,7 +176,7 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
 
         phase("timing the model", _timing_allowance(timing))
         with _progress(progress) as prog:
-            timed = time_analysis(report, loaded.model, loaded.input_shapes,
+            timed = time_analysis(report, loaded.model, loaded.example,
                                   timing.engines(cfg, prog))
         report, run = timed.attach(report), timed.run
     return JobResult(report, run)
@@ -205,7 +207,7 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
         loaded.guard_memory("timing")
     phase("counting the model and its variants")
     try:
-        report = compare_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+        report = compare_model(loaded.model, loaded.example, count_on=src.count_on,
                                make_inputs=lambda: loaded.inputs, source=src.source,
                                name=loaded.name, estimated_macs=loaded.estimated_macs,
                                variant_names=what.variant_names, groups=what.groups,
@@ -219,7 +221,7 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
     if timing is None:
         return JobResult(report)
     return _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,
-                         loaded.input_shapes, progress)
+                         loaded.example, progress)
 
 
 def _nothing_selected(e: Any) -> str:
@@ -316,13 +318,16 @@ def run_check(check: Any, measure_latency: bool, max_time_s: float,
     """Load and count one check's model, and time it when a latency limit asks for it: the
     check command's work for one model (in a child process, see :mod:`convcost.isolation`)."""
     from convcost.counting.analysis import analyze_model
+    from convcost.inputs import Example
     from convcost.sources.load import is_spec_path
 
-    shape = None if is_spec_path(check.model) else check.input
+    given = None if is_spec_path(check.model) else check.input
+    shape = given if isinstance(given, tuple) else None
     loaded = _load(SourceRequest(check.model, shape, None, check.model_args, memory_check,
-                                 plan=check.apply))
+                                 plan=check.apply,
+                                 inputs=given if isinstance(given, Example) else None))
     phase("counting the model")
-    a = analyze_model(loaded.model, loaded.input_shapes,
+    a = analyze_model(loaded.model, loaded.example,
                       make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,
                       source=check.model, name=check.name)
     metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "paper_macs": a.paper_macs,
@@ -351,9 +356,7 @@ def _check_latency(check: Any, loaded: Any, macs: int, measure_latency: bool,
     if lat.device.startswith("cuda") and not torch.cuda.is_available():
         return {"latency_skip": f"no CUDA device on this machine for the {lat.device} limit"}
     device = lat.device if lat.device != "cuda" else "cuda:0"
-    shapes = [tuple(s) for s in loaded.input_shapes]
-    if lat.batch:
-        shapes = [(lat.batch, *s[1:]) for s in shapes]
+    shapes = loaded.example.with_batch(lat.batch) if lat.batch else loaded.example
     est, why = model_estimate(loaded.model, shapes) if memory_check else (0, "")
     guard(est, why, what=f"{check.name}: the latency measurement", device=device,
           enabled=memory_check)
@@ -373,7 +376,7 @@ def _check_latency(check: Any, loaded: Any, macs: int, measure_latency: bool,
     return {"latency_failed": out["latency_busy"], "latency_busy": out["latency_busy"]}
 
 
-def _time_check_model(check: Any, model: Any, shapes: list[tuple[int, ...]], macs: int,
+def _time_check_model(check: Any, model: Any, shapes: Any, macs: int,
                       device: str, max_time_s: float) -> dict[str, Any]:
     """One fresh measurement of a check's model: its figure (``machine_busy`` says why the
     machine was busy, if it was) or ``latency_failed``."""
@@ -553,7 +556,7 @@ def run_plan(src: SourceRequest, req: PlanRequest, timing: TimingRequest | None,
     run = None
     if timing is not None:
         timed = _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,
-                              loaded.input_shapes, progress)
+                              loaded.example, progress)
         report, run = timed.report, timed.run
     opts = options_of(report, req.keep, timing is not None)
     limits = [x.resolved(opts.original[x.metric]) for x in limits]
@@ -587,7 +590,7 @@ def _plan_candidates(loaded: Any, src: SourceRequest, what: CompareRequest, buil
     from convcost.variants.compare import NothingSelected, compare_model
 
     try:
-        return compare_model(loaded.model, loaded.input_shapes, count_on=src.count_on,
+        return compare_model(loaded.model, loaded.example, count_on=src.count_on,
                              make_inputs=lambda: loaded.inputs, source=src.source,
                              name=loaded.name, estimated_macs=loaded.estimated_macs,
                              variant_names=what.variant_names, groups=what.groups,
@@ -629,7 +632,7 @@ def _verify_plans(out: Any, report: Any, loaded: Any, timing: TimingRequest, run
     phase("timing the planned model", _timing_allowance(req))
     with _progress(progress) as prog:
         return verify(out.plans, models, loaded.model,
-                      [tuple(s) for s in loaded.input_shapes],
+                      loaded.example,
                       req.engines(req.config(_spec_dtype(loaded)), prog), loaded.name)
 
 

@@ -58,7 +58,7 @@ class LayerLimits:
 class Check:
     name: str
     model: str
-    input: tuple[int, ...] | None
+    input: Any  # a shape tuple, a convcost.inputs.Example, or None (the model's default)
     limits: dict[str, list[Limit]]
     regression: dict[str, list[Limit]]
     layers: list[LayerLimits]
@@ -167,10 +167,24 @@ def _limits(p: BudgetParser, d: Any, where: str, *, regression: bool = False,
     return out
 
 
-def _shape(p: BudgetParser, v: Any, node: Any, key: str, where: str) -> tuple[int, ...]:
+def _shape(p: BudgetParser, v: Any, node: Any, key: str, where: str) -> Any:
+    """A check's input: a shape ``[1, 3, 224, 224]`` (a tuple), or the ``--input`` grammar
+    (docs/inputs.md): one text, or a list of texts (several inputs, ``NAME=SPEC`` keywords),
+    or an inputs file (a path relative to the budget) -> :class:`~convcost.inputs.Example`."""
+    texts = [v] if isinstance(v, str) else v
+    if isinstance(texts, list) and texts and all(isinstance(x, str) for x in texts):
+        from convcost.inputs import parse_input
+
+        if len(texts) == 1 and texts[0].strip().lower().endswith((".yaml", ".yml")):
+            texts = [str(p.file.parent / texts[0].strip())]
+        try:
+            return parse_input(texts)
+        except InputError as e:
+            raise p.err(str(e), node, key, where) from None
     if (not isinstance(v, list) or len(v) < 2
             or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 or x > 1 << 20 for x in v)):
-        raise p.err(f"input {v!r} must be a list of positive integers such as [1, 3, 224, 224]",
+        raise p.err(f"input {str(v)[:80]!r} must be a list of positive integers such as "
+                    "[1, 3, 224, 224], or inputs as --input takes them, e.g. '[3x224x224]'",
                     node, key, where)
     return tuple(v)
 

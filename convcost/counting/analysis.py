@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from convcost import __version__
@@ -32,6 +33,7 @@ from convcost.counting.inventory import (
 )
 from convcost.errors import ModelError, first_line
 from convcost.figures import LatencyFigure, ModelLatency, TimedRow
+from convcost.inputs import Call, as_call, as_example
 
 SCHEMA_VERSION = 1
 
@@ -110,6 +112,7 @@ class AnalysisReport:
     timing: dict[str, Any] | None = None  # the timing run's summary (docs/json.md)
     never_called: list[tuple[str, int]] = field(default_factory=list)  # (module, its params)
     backends: dict[str, ModelLatency] = field(default_factory=dict)  # whole model, run order
+    inputs: str = ""  # the call's structure when not plain tensors (Example.text())
 
     @property
     def flops(self) -> int:
@@ -219,66 +222,100 @@ META_MIN_MACS = 10_000_000_000  # a real forward of this much costs about the me
 META_MIN_MODULES = 800
 
 
-def choose_counting(model: nn.Module, input_shapes: list[tuple[int, ...]],
+def choose_counting(model: nn.Module, inputs: Any,
                     estimated_macs: int | None = None) -> str:
     """``meta`` when a real forward would be expensive; ``real`` otherwise: meta tensors cost a
     few seconds of one-time torch imports (on a 2-core VM about 3.7 s), more than a small real
     forward. Expensive: more than 10 G MACs by the closed form when it is known (specs), else an
     input above about batch 16 at 224 x 224; or more than 800 modules (fvcore's JIT trace costs
-    about 3 ms per module)."""
+    about 3 ms per module). Never meta for a model whose work depends on its inputs' values
+    (:func:`data_dependent`): meta tensors have no values to select boxes by."""
+    example = as_example(inputs)
+    if data_dependent(model, example) is not None:
+        return "real"
     if sum(1 for _ in model.modules()) >= META_MIN_MODULES:
         return META
     if estimated_macs is not None:
         return META if estimated_macs >= META_MIN_MACS else "real"
-    elements = sum(math.prod(s) for s in input_shapes)
+    elements = sum(math.prod(s) for s in example.shapes)
     return META if elements >= META_MIN_INPUT_ELEMENTS else "real"
+
+
+# Modules whose forward selects by values (NMS, score thresholds, RoI sampling, level mapping):
+# counted on real tensors only.
+DATA_DEPENDENT_MODULES = {
+    "torchvision.models.detection": "detection models keep boxes by their scores (NMS, "
+                                    "thresholds): the work after it depends on the values",
+    "torchvision.ops.poolers": "RoI pooling maps each box to a level by its size",
+}
+
+
+def data_dependent(model: nn.Module, example: Any = None) -> str | None:
+    """Why this model's count needs real values (None when shapes alone decide it): a module
+    of :data:`DATA_DEPENDENT_MODULES`, or inputs that are not plain tensors (a list of images,
+    keyword or integer inputs: the model's code decides what it does with them)."""
+    if example is not None and not as_example(example).is_plain:
+        return "its inputs are not plain float tensors (lists, keywords or integers)"
+    for m in model.modules():
+        mod = type(m).__module__
+        for prefix, why in DATA_DEPENDENT_MODULES.items():
+            if mod.startswith(prefix):
+                return f"{type(m).__name__}: {why}"
+    return None
 
 
 def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   dtype: str = "fp32", count_on: str = "auto",
-                  make_inputs: Callable[[], tuple[Any, ...]] | None = None,
+                  make_inputs: Callable[[], Any] | None = None,
                   estimated_macs: int | None = None) -> AnalysisReport:
     """Count a model: params, MACs per module and operator, shapes per module.
 
-    ``inputs`` are example tensors, or just their shapes. ``count_on``: ``meta`` runs a
-    meta-tensor copy (nothing computed, any batch or resolution), ``real`` runs fvcore's JIT
-    trace on real tensors (``torch.utils.flop_counter`` if fvcore fails), ``auto`` picks meta for
-    large inputs or huge models. A model that cannot run on meta tensors is counted on real
-    ones, with a note. Real inputs come from ``inputs`` if they are tensors, else from
-    ``make_inputs()`` (seeded random tensors of the shapes by default).
+    ``inputs`` is an :class:`~convcost.inputs.Example` (the structure of the call), example
+    tensors, or their shapes. ``count_on``: ``meta`` runs a meta-tensor copy (nothing
+    computed, any batch or resolution), ``real`` runs fvcore's JIT trace on real tensors
+    (``torch.utils.flop_counter`` if fvcore fails), ``auto`` picks meta for large inputs or
+    huge models, never for a model whose work depends on values. A model that cannot run on
+    meta tensors is counted on real ones, with a note. Real inputs are ``inputs`` if they are
+    tensors, else ``make_inputs()`` (a :class:`~convcost.inputs.Call`), else seeded values.
     """
-    shapes = [tuple(int(d) for d in (x.shape if hasattr(x, "shape") else x)) for x in inputs]
+    example = as_example(inputs)
+    given = given_call(inputs)
     notes: list[str] = []
-    how = choose_counting(model, shapes, estimated_macs) if count_on == "auto" else count_on
+    how = choose_counting(model, example, estimated_macs) if count_on == "auto" else count_on
     counts = records = None
     if how == META:
         from convcost.counting.meta import MetaCountError
 
         try:
-            counts, records = count_meta(model, shapes)
+            counts, records = count_meta(model, example)
         except MetaCountError as e:
             notes.append(f"counted on real tensors: {e}")
     if counts is None:
-        tensors = tuple(inputs) if all(hasattr(x, "shape") for x in inputs) and inputs else (
-            make_inputs() if make_inputs is not None else random_inputs(shapes))
-        counts, records = _count_real(model, tensors, source, notes)
+        call = given or (as_call(make_inputs()) if make_inputs is not None else example.make())
+        counts, records = _count_real(model, call, source, notes)
     notes.extend(counts.notes)
+    dyn = data_dependent(model)
+    if dyn is not None and not any(n.startswith("data-dependent") for n in notes):
+        notes.append(f"data-dependent: {dyn}; the count holds for these inputs' values only")
     rows = build_rows(model, records, counts)
     never = never_run(model, records, counts)
     return AnalysisReport(
-        source=source, name=name, input_shapes=[list(s) for s in shapes],
+        source=source, name=name, input_shapes=[list(s) for s in example.shapes],
         dtype=dtype, params=counts.params, macs=counts.macs,
         by_operator=dict(sorted(counts.by_operator.items(), key=lambda kv: -kv[1])),
         unsupported_ops=dict(sorted(counts.unsupported_ops.items())), layers=rows,
         hierarchy=build_hierarchy(model, records, counts), counter=counts.counter, notes=notes,
-        never_called=never)
+        never_called=never, inputs="" if example.is_plain else example.text())
 
 
-def random_inputs(shapes: list[tuple[int, ...]]) -> tuple[Any, ...]:
-    """Seeded random inputs of ``shapes`` (:func:`convcost.inputs.seeded_inputs`)."""
-    from convcost.inputs import seeded_inputs
-
-    return seeded_inputs(shapes)
+def given_call(inputs: Any) -> Call | None:
+    """The real values when ``inputs`` holds them (a Call, or tensors), else None."""
+    if isinstance(inputs, Call):
+        return inputs
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, torch.Tensor)
+                                                            for x in inputs):
+        return Call(tuple(inputs))
+    return None
 
 
 def never_run(model: nn.Module, records: dict[str, Any], counts: Counts) -> list[tuple[str, int]]:
@@ -302,15 +339,18 @@ def _outermost(names: list[str]) -> list[str]:
     return keep
 
 
-def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
+def _count_real(model: nn.Module, inputs: Call, source: str,
                 notes: list[str]) -> tuple[Counts, dict[str, ModuleRecord]]:
     """fvcore's JIT trace on real tensors, with shapes recorded during it; the
     torch.utils.flop_counter fallback when fvcore fails (or silently traces nothing)."""
-    shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
+    shapes = as_example(inputs).text()
+    from convcost.counting.handles import SelectionWatch
+
+    watch = SelectionWatch()  # what the forward selects by value (NMS, thresholds)
     try:
         # fvcore's JIT trace runs the real forward: record shapes during it (no extra pass)
         recorder = ShapeRecorder(model)
-        with recorder, ParamUse(recorder) as use:
+        with recorder, ParamUse(recorder) as use, watch:
             counts = count_fvcore(model, inputs)
         records = recorder.ordered()
         counts.used_params = use.used_names(model)
@@ -327,16 +367,19 @@ def _count_real(model: nn.Module, inputs: tuple[Any, ...], source: str,
                              f"'{e.module}': {_where(e.error)}{expected_size(e.error)}") \
                 from e.error
         try:
-            counts = count_flop_counter(model, inputs)
+            with watch:
+                counts = count_flop_counter(model, inputs)
         except Exception as e_fc:
             raise ModelError(f"{source}: could not be counted: fvcore: {_where(e_fv)}; "
                              f"torch.utils.flop_counter: {_where(e_fc)}") from e_fc
         notes.append(f"fvcore failed ({type(e_fv).__name__}: {_first_line(e_fv)})")
         counts.uncalled = uncalled_modules(model, records)
+    if watch.note():
+        notes.append(str(watch.note()))
     return counts, records
 
 
-def _count_autograd_functions(model: nn.Module, inputs: tuple[Any, ...], counts: Counts) -> None:
+def _count_autograd_functions(model: nn.Module, inputs: Call, counts: Counts) -> None:
     """What fvcore lists as ``prim::PythonOp.NAME`` (a custom ``torch.autograd.Function``) is
     counted from the inside, by the handles the meta counter uses, and no longer listed."""
     opaque = [k for k in counts.unsupported_ops if k.startswith("prim::PythonOp")]

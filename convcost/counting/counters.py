@@ -146,18 +146,21 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
-    """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode)."""
+def count_fvcore(model: nn.Module, inputs: Any) -> Counts:
+    """Count with fvcore's ``FlopCountAnalysis`` (a JIT trace of one forward in eval mode).
+    ``inputs``: a :class:`~convcost.inputs.Call` or positional values; keyword inputs and
+    non-tensor ones are bound to the forward (the trace sees them as constants)."""
     from convcost.counting.handles import JIT, VIEWS
     from convcost.counting.inventory import eval_mode
     from convcost.counting.meta import mha_fastpath_off
+    from convcost.inputs import as_call, traceable
 
     FlopCountAnalysis = flop_count_analysis()
     _quiet_fvcore()
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), mha_fastpath_off(), \
-            one_thread():
+            one_thread(), traceable(model, as_call(inputs)) as args:
         warnings.simplefilter("ignore")
-        fa = FlopCountAnalysis(model, inputs)
+        fa = FlopCountAnalysis(model, args)
         fa.set_op_handle(**JIT)  # attention, padding='same' convs: fvcore has no formula
         fa.set_op_handle(**{f"aten::{n}": None for n in VIEWS})  # views: 0 MACs, not "missing"
         fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
@@ -171,12 +174,13 @@ def count_fvcore(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
                   params_by_module=pbm, unsupported_ops=unsupported, uncalled=uncalled)
 
 
-def count_meta(model: nn.Module, input_shapes: list[tuple[int, ...]]) -> tuple[Counts, Any]:
+def count_meta(model: nn.Module, inputs: Any) -> tuple[Counts, Any]:
     """Count on meta tensors (see :mod:`convcost.counting.meta`): (counts, module records).
-    Raises :class:`convcost.counting.meta.MetaCountError` when the model cannot run there."""
+    ``inputs``: an :class:`~convcost.inputs.Example` or shapes. Raises
+    :class:`convcost.counting.meta.MetaCountError` when the model cannot run there."""
     from convcost.counting.meta import count_on_meta
 
-    by_module, by_operator, unsupported, records, used = count_on_meta(model, input_shapes)
+    by_module, by_operator, unsupported, records, used = count_on_meta(model, inputs)
     pbm = params_by_module(model)
     from convcost.counting.inventory import uncalled_modules
 
@@ -191,7 +195,7 @@ _FC_OPS = {"convolution": "conv", "_convolution": "conv", "mm": "linear", "addmm
            "attention", "_scaled_dot_product_flash_attention": "attention"}
 
 
-def count_flop_counter(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
+def count_flop_counter(model: nn.Module, inputs: Any) -> Counts:
     """Count with ``torch.utils.flop_counter`` (no tracing; handles data-dependent control flow).
 
     It reports FLOPs (2 per multiply-add) for conv and matmul-like ops only; converted to MACs.
@@ -200,9 +204,10 @@ def count_flop_counter(model: nn.Module, inputs: tuple[Any, ...]) -> Counts:
     from torch.utils.flop_counter import FlopCounterMode
 
     from convcost.counting.inventory import eval_mode
+    from convcost.inputs import as_call
 
     with eval_mode(model), torch.no_grad(), one_thread(), FlopCounterMode(display=False) as fc:
-        model(*inputs)
+        as_call(inputs).run(model)
     counts = fc.get_flop_counts()
     root = type(model).__name__
     by_module: dict[str, int] = {}

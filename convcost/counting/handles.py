@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 MacCounts = dict[str, int]
 AtenHandle = Callable[[tuple[Any, ...], dict[str, Any], Any], MacCounts]
@@ -418,3 +419,53 @@ IGNORED = frozenset({
 
 # views that fvcore's list misses: ignored in its JIT trace too, so both counters agree
 VIEWS = frozenset({"unflatten", "movedim"})
+
+
+# --------------------------------------------------------------------------- data-dependent
+
+# Functions that select by value: no MACs of their own, but how much work follows them depends
+# on the input's values (a count holds for these inputs only). Seen by :class:`SelectionWatch`.
+SELECTIONS = {
+    "nms": "non-maximum suppression keeps a data-dependent number of boxes",
+    "batched_nms": "non-maximum suppression keeps a data-dependent number of boxes",
+    "nonzero": "keeps the elements that pass a test (score thresholds, masks)",
+    "argwhere": "keeps the elements that pass a test",
+    "where": "keeps the elements that pass a test (torch.where with one argument)",
+    "masked_select": "keeps the elements that pass a test",
+    "unique": "keeps the distinct values",
+    "__getitem__": "indexing by a boolean mask keeps the elements that pass a test",
+}
+
+
+def _selects(name: str, args: tuple[Any, ...]) -> bool:
+    if name == "where":
+        return len(args) == 1
+    if name == "__getitem__":
+        idx = args[1] if len(args) > 1 else None
+        items = idx if isinstance(idx, tuple) else (idx,)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+    return name in SELECTIONS
+
+
+class SelectionWatch(TorchFunctionMode):
+    """While a forward runs: the :data:`SELECTIONS` it calls (``seen``, by name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in SELECTIONS and _selects(name, args):
+            self.seen.add(name)
+        return func(*args, **(kwargs or {}))
+
+    def note(self) -> str | None:
+        """The report's note when the forward selected by value (None when it did not)."""
+        if not self.seen:
+            return None
+        what = "; ".join(f"{n}: {SELECTIONS[n]}" for n in sorted(self.seen))
+        return (f"data-dependent: the count holds for these inputs' values only ({what}); the "
+                "work after a selection (e.g. the boxes kept for the RoI heads) changes with "
+                "them")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from convcost.inputs import as_call
 from convcost.sources.spec import AddBlock, ChannelShuffle, ConcatBlock
 
 # Kinds of convolution (the ``kind`` column and JSON field).
@@ -205,8 +206,9 @@ class ShapeRecorder:
         return dict(sorted(self.records.items(), key=lambda kv: rank.get(kv[0], 1 << 30)))
 
 
-def record_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, ModuleRecord]:
-    """Run ``model(*inputs)`` once (eval, no grad) and return every module's record by qualified
+def record_modules(model: nn.Module, inputs: Any) -> dict[str, ModuleRecord]:
+    """Run ``model`` once on ``inputs`` (a :class:`~convcost.inputs.Call` or positional
+    values; eval, no grad) and return every module's record by qualified
     name in definition order. The root module has the name ``""``.
 
     Raises :class:`ForwardError` naming the innermost module that was running when it failed.
@@ -214,7 +216,7 @@ def record_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, Modul
     with ShapeRecorder(model) as rec:
         try:
             with eval_mode(model), torch.no_grad():
-                model(*inputs)
+                as_call(inputs).run(model)
         except Exception as e:
             where = rec.running[-1] if rec.running else ""
             raise ForwardError(where or f"(top-level {type(model).__name__})", e) from e

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convcost.counting.handles import ALIASES, ATEN, FUNCTIONS, IGNORED, TORCH_FUNCTIONS
 from convcost.counting.inventory import ModuleRecord, ParamUse, ShapeRecorder, eval_mode
 from convcost.errors import first_line
+from convcost.inputs import as_call
 
 META = "meta tensors"
 
@@ -194,21 +195,23 @@ def mha_fastpath_off() -> Iterator[None]:
         mha.set_fastpath_enabled(was)
 
 
-def count_on_meta(model: nn.Module, input_shapes: Sequence[Sequence[int]],
+def count_on_meta(model: nn.Module, inputs: Any,
                   dtype: torch.dtype = torch.float32
                   ) -> tuple[dict[str, int], dict[str, int], dict[str, int],
                              dict[str, ModuleRecord], set[str]]:
     """(MACs by module, by operator, not-counted operators, module records, names of the
-    parameters used) of one forward of a meta copy of ``model`` on inputs of
-    ``input_shapes``. Raises :class:`MetaCountError`."""
-    inputs = tuple(torch.empty(tuple(s), device="meta", dtype=dtype) for s in input_shapes)
+    parameters used) of one forward of a meta copy of ``model`` on meta tensors of ``inputs``
+    (an :class:`~convcost.inputs.Example` or shapes). Raises :class:`MetaCountError`."""
+    from convcost.inputs import as_example
+
+    call = as_example(inputs).on_meta(dtype)
     recorder = ShapeRecorder(model)
     tally = _Tally(recorder)
     use = ParamUse(recorder)
     try:
         with on_meta(model) as m, recorder, eval_mode(m), torch.no_grad(), mha_fastpath_off(), \
                 use, _FunctionCounter(tally), _wrapped_functions(tally), _DispatchCounter(tally):
-            m(*inputs)
+            call.run(m)
             used = use.used_names(m)  # while the meta parameters are in place
     except Exception as e:
         raise MetaCountError(f"it does not run on meta tensors ({_first(e)})") from e
@@ -221,7 +224,7 @@ def _first(e: BaseException) -> str:
     return first_line(e, 200)
 
 
-def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
+def count_inside_autograd_functions(model: nn.Module, inputs: Any
                                     ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """(MACs by module, by operator, not-counted operators) of what runs inside every
     ``torch.autograd.Function`` of one real forward, counted by the same handles as on meta
@@ -246,7 +249,7 @@ def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
     torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign]
     try:
         with recorder, eval_mode(model), torch.no_grad(), mha_fastpath_off():
-            model(*inputs)
+            as_call(inputs).run(model)
     finally:
         torch.autograd.Function.apply = saved  # type: ignore[method-assign]
     return dict(tally.by_module), dict(tally.by_operator), dict(tally.unsupported)
@@ -257,24 +260,26 @@ def count_inside_autograd_functions(model: nn.Module, inputs: tuple[Any, ...]
 TRACE_FACTOR = 256  # trace shapes on meta tensors once the input times this could fill memory
 
 
-def model_estimate(model: nn.Module, shapes: list[tuple[int, ...]]) -> tuple[int, str]:
-    """(bytes, explanation) a real forward of ``model`` on inputs of ``shapes`` allocates beyond
+def model_estimate(model: nn.Module, inputs: Any) -> tuple[int, str]:
+    """(bytes, explanation) a real forward of ``model`` on ``inputs`` (an
+    :class:`~convcost.inputs.Example` or shapes; every tensor counted) allocates beyond
     its (already allocated) weights: the inputs plus the largest module's input + output.
 
     The shapes come from a forward on meta tensors (nothing allocated) when the input is large
     enough that its activations could fill memory (``TRACE_FACTOR`` x the input exceeds the
     available memory): a 3 -> 512 conv on a 4096 x 4096 image makes a 34 GB output from a
     201 MB input. Otherwise (and for a model that cannot run on meta tensors) 3 x the input."""
-    from convcost.memory import available_host_bytes, fmt_bytes, tensor_estimate
+    from convcost.inputs import as_example
+    from convcost.memory import available_host_bytes, fmt_bytes
 
-    inputs = tensor_estimate(shapes)
-    cheap = (3 * inputs, f"input {', '.join('x'.join(map(str, s)) for s in shapes)} and its "
-             "first activations")
+    example = as_example(inputs)
+    inputs = example.nbytes()
+    cheap = (3 * inputs, f"input {example.text()[:200]} and its first activations")
     avail = available_host_bytes()
     if avail is None or inputs * TRACE_FACTOR <= avail:
         return cheap
     try:
-        records = count_on_meta(model, shapes)[3]
+        records = count_on_meta(model, example)[3]
     except MetaCountError:
         return cheap
     peak, where = 0, ""

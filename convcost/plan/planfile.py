@@ -142,7 +142,7 @@ def read_plan(path: str | Path) -> PlanFile:
                     str(data.get("backend") or ""))
 
 
-def apply_plan(model: Any, input_shapes: list[tuple[int, ...]], plan: PlanFile,
+def apply_plan(model: Any, input_shapes: Any, plan: PlanFile,
                path: str | Path) -> tuple[Any, list[str]]:
     """``model`` with the plan's variants substituted (the original is left as it is; the
     layers kept share its weights), and a note. Every named layer must be a Conv1d/2d/3d that

@@ -35,7 +35,7 @@ def planned_model(model: nn.Module, report: CompareReport, layers: Sequence[Laye
 
 
 def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Module,
-           shapes: list[tuple[int, ...]], engines: Sequence[Any], name: str) -> Any:
+           shapes: Any, engines: Sequence[Any], name: str) -> Any:
     """Time ``original`` and every planned model paired on each engine; fills each plan's
     ``verified`` (one :class:`Verified` per backend) and returns the timing run."""
     from convcost.timing.kernel import Kernel
@@ -60,4 +60,6 @@ def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Modu
                 pr.ratio.ratio if pr.ratio else None,
                 (pr.ratio.lo, pr.ratio.hi) if pr.ratio else None,
                 pr.ratio.rounds if pr.ratio else None, busy, err))
-    return merge_runs(list(engines), shapes[0][0] if shapes and shapes[0] else None)
+    from convcost.inputs import as_example
+
+    return merge_runs(list(engines), as_example(shapes).batch)

@@ -89,7 +89,8 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     """Rich renderables of an analysis: layer table (fitted to ``width``; None: every column),
     operator summary, warnings, conventions."""
     timed = _timed(report)
-    inputs = ", ".join(f"{shape_str(s, batch=True)} ({dims_label(s)})" for s in report.input_shapes)
+    inputs = report.inputs or ", ".join(f"{shape_str(s, batch=True)} ({dims_label(s)})"
+                                        for s in report.input_shapes)
     rows, collapsed = table_rows(report, depth, show_all)
     tcols, roof, peaks = timing_cols(report.layers, timed, fmt_ms(report.latency_ms),
                                      label=f"latency{_primary_suffix(report)}")
@@ -248,6 +249,7 @@ def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str,
         "conventions": CONVENTIONS,
         "input_shape": shapes[0] if len(shapes) == 1 else shapes,
         "input_shapes": shapes,
+        **({"inputs": report.inputs} if report.inputs else {}),
         "dtype": report.dtype,
         "counter": report.counter,
         "totals": {"params": report.params, "macs": report.macs, "flops": report.flops,
@@ -327,9 +329,9 @@ def analysis_markdown(report: AnalysisReport, depth: int | None = None) -> str:
         total += [f"**{fmt_ms(report.latency_ms)}**",
                   *[f"**{fmt_ms(report.backends[b].latency_ms)}**" for b in extra]]
     rows.append(total)
+    dims = "" if report.inputs else f" ({', '.join(dims_label(x) for x in report.input_shapes)})"
     parts = [f"## convcost analyze: {report.name}", "",
-             f"Source `{report.source}`, input {inputs} "
-             f"({', '.join(dims_label(x) for x in report.input_shapes)}), dtype {report.dtype}, "
+             f"Source `{report.source}`, input {report.inputs or inputs}{dims}, dtype {report.dtype}, "
              f"counter {report.counter}.", "", md_table(headers, rows, align), "",
              "### MACs by operator", "",
              md_table(["operator", "MACs", "FLOPs", "%MACs"],

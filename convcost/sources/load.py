@@ -9,7 +9,6 @@ runs arbitrary code. An import path executes only the module the user named.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import sys
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from convcost.errors import InputError, ModelError, first_line
+from convcost.inputs import Call, Example
 from convcost.sources.spec import Spec, build_model, load_spec
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -39,13 +39,18 @@ class Loaded:
     source: str
     name: str
     model: nn.Module
-    input_shapes: list[tuple[int, ...]]
+    example: Example  # what the model is called with (structure, shapes, dtypes)
     kind: str  # spec | python | torchvision | timm | export
     spec: Spec | None = None
     memory_check: bool = True
     notes: list[str] = field(default_factory=list)  # what loading changed or could not keep
-    _inputs: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
+    _inputs: Call | None = field(default=None, repr=False)
     _estimate: tuple[int, str] | None = field(default=None, repr=False)  # memory, once
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        """The shapes of every input tensor, in order (batch included)."""
+        return self.example.shapes
 
     @property
     def estimated_macs(self) -> int | None:
@@ -57,27 +62,25 @@ class Loaded:
         return conv_linear_macs(self.spec, self.input_shapes[0][0])
 
     @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        """Seeded random inputs of :attr:`input_shapes` (made once; the memory guard first)."""
+    def inputs(self) -> Call:
+        """Seeded values of :attr:`example` (made once; the memory guard first)."""
         if self._inputs is None:
             self.guard_memory("real inputs and activations")
-            from convcost.inputs import seeded_inputs
-
-            self._inputs = seeded_inputs(self.input_shapes)
+            self._inputs = self.example.make()
         return self._inputs
 
     def guard_memory(self, what: str = "a real forward") -> None:
         """Refuse (exit 2) a real forward that would not fit in memory, before allocating."""
         from convcost.counting.meta import model_estimate
-        from convcost.memory import guard, tensor_estimate
+        from convcost.memory import guard
         from convcost.sources.spec import memory_estimate
 
         if self.spec is not None:
             est, why = memory_estimate(self.spec, self.input_shapes[0][0])
         else:
             if self._estimate is None and self.memory_check:
-                self._estimate = model_estimate(self.model, self.input_shapes)
-            est, why = self._estimate or (3 * tensor_estimate(self.input_shapes), "")
+                self._estimate = model_estimate(self.model, self.example)
+            est, why = self._estimate or (3 * self.example.nbytes(), "")
         guard(est, why, what=f"{self.source} ({what})", enabled=self.memory_check)
 
 
@@ -116,11 +119,13 @@ def parse_model_args(items: tuple[str, ...] | list[str], where: str = "--model-a
 
 
 def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
-                batch: int | None = None, memory_check: bool = True,
-                model_args: dict[str, Any] | None = None) -> Loaded:
+                inputs: Example | None = None, batch: int | None = None,
+                memory_check: bool = True, model_args: dict[str, Any] | None = None) -> Loaded:
     """Load any SOURCE form. Bad specs raise ``InputError`` (exit 2); models that cannot be
     loaded or built raise ``ModelError`` (exit 3). ``model_args`` are keyword arguments for
-    the builder of a named source (torchvision:, timm:, a class or factory function).
+    the builder of a named source (torchvision:, timm:, a class or factory function);
+    ``inputs`` (``--input``) or ``input_shape`` (``--input-shape``) say what the model is called
+    with, else the builder's default (torchvision's namespaces have their own) or 1x3x224x224.
     Nothing is allocated for inputs here: see :class:`Loaded`.
     """
     kwargs = dict(model_args or {})
@@ -128,9 +133,12 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
         raise InputError(f"{source}: --model-arg applies to models built by code (torchvision:, "
                          "timm:, file.py:Name, package.module:Name); a spec or a .pt2 program "
                          "is already built")
+    if input_shape is not None and inputs is not None:
+        raise InputError("--input and --input-shape both say what the model takes; give one")
     if is_spec_path(source):
-        if input_shape is not None:
-            raise InputError(f"{source}: --input-shape applies to models; a spec declares its "
+        if input_shape is not None or inputs is not None:
+            flag = "--input-shape" if input_shape is not None else "--input"
+            raise InputError(f"{source}: {flag} applies to models; a spec declares its "
                              "own 'input' (use --batch to change the batch)")
         spec = load_spec(source)
         try:
@@ -138,9 +146,8 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
         except Exception as e:  # pragma: no cover - validation should catch everything
             raise ModelError(f"{source}: could not build the spec's module: {e}") from e
         b = batch or spec.batch
-        return Loaded(source, spec.name, model, [(b, *s) for s in spec.input_shapes], "spec",
-                      spec, memory_check)
-
+        return Loaded(source, spec.name, model, Example.plain([(b, *s) for s in spec.input_shapes]),
+                      "spec", spec, memory_check)
     shape = _input_shape(input_shape, batch)
     low = source.lower()
     if low.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
@@ -149,29 +156,54 @@ def load_source(source: str, *, input_shape: tuple[int, ...] | None = None,
             "Export the model instead: torch.export.save(torch.export.export(model, (x,)), "
             "'model.pt2'), or pass the code that builds it as file.py:Name")
     if low.endswith(".pt2"):
+        if inputs is not None:
+            raise InputError(f"{source}: an exported program fixes its own inputs; --input "
+                             "applies to models built by code")
         return _load_export(source, shape, memory_check)
+    model, kind, default = _build(source, kwargs)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"{source}: a TorchScript module (torch.jit.script/trace) cannot be "
+                         "analyzed: convcost needs the Python module to record shapes per layer; "
+                         "point at the class or at a factory that builds the eager module")
+    example = _example(inputs, input_shape, batch, default, shape)
+    return Loaded(source, source.partition(":")[2], model.eval(), example, kind,
+                  memory_check=memory_check)
+
+
+def _build(source: str, kwargs: dict[str, Any]) -> tuple[nn.Module, str, Example | None]:
+    """(model, kind, its default input or None) of a SOURCE built by code."""
     if ":" not in source:
         raise InputError(f"{source!r} is not a SOURCE; use one of: {', '.join(SOURCE_FORMS)}")
     prefix, _, name = source.partition(":")
     if not name:
         raise InputError(f"{source!r}: nothing after ':'; use e.g. model.py:Net")
     if prefix in ("torchvision", "tv"):
-        model = _torchvision(source, name, kwargs)
-        kind = "torchvision"
-    elif prefix == "timm":
-        model = _timm(source, name, kwargs)
-        kind = "timm"
-    elif prefix.endswith(".py"):
-        model = _instantiate(source, _attr_from_file(source, Path(prefix), name), name, kwargs)
-        kind = "python"
+        from convcost.sources.tvmodels import build
+
+        model, default = build(source, name, kwargs)
+        return model, "torchvision", default
+    if prefix == "timm":
+        return _timm(source, name, kwargs), "timm", None
+    if prefix.endswith(".py"):
+        obj = _attr_from_file(source, Path(prefix), name)
     else:
-        model = _instantiate(source, _attr_from_module(source, prefix, name), name, kwargs)
-        kind = "python"
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError(f"{source}: a TorchScript module (torch.jit.script/trace) cannot be "
-                         "analyzed: convcost needs the Python module to record shapes per layer; "
-                         "point at the class or at a factory that builds the eager module")
-    return Loaded(source, name, model.eval(), [tuple(shape)], kind, memory_check=memory_check)
+        obj = _attr_from_module(source, prefix, name)
+    from convcost.sources.tvmodels import default_example, namespace_of, no_download
+
+    if namespace_of(obj) is not None and not isinstance(obj, nn.Module):
+        kwargs = no_download(obj, kwargs)  # torchvision's builders: nothing downloaded
+    return _instantiate(source, obj, name, kwargs), "python", default_example(obj, name)
+
+
+def _example(inputs: Example | None, input_shape: tuple[int, ...] | None, batch: int | None,
+             default: Example | None, shape: tuple[int, ...]) -> Example:
+    """What the model is called with: --input (its batch changed by --batch), --input-shape,
+    the builder's default, or 1x3x224x224 (the batch from --batch)."""
+    if inputs is not None:
+        return inputs.with_batch(batch) if batch is not None else inputs
+    if input_shape is not None or default is None:
+        return Example.plain([shape], "--input-shape" if input_shape is not None else "default")
+    return default.with_batch(batch) if batch is not None else default
 
 
 def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int, ...]:
@@ -186,29 +218,6 @@ def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int,
 
 def _args_text(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
-def _torchvision(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    try:
-        import torchvision
-    except ImportError as e:
-        raise ModelError(f"{source}: torchvision is not installed; install it with "
-                         "pip install 'convcost[vision]' (or pip install torchvision matching "
-                         "your torch)") from e
-    except Exception as e:  # an installed torchvision built for another torch
-        raise ModelError(f"{source}: torchvision is installed but fails to import "
-                         f"({_one_line(e)}); install the torchvision release that matches torch "
-                         f"{torch.__version__}") from e
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"{source}: torchvision has no classification model {name!r}{hint}")
-    try:
-        return torchvision.models.get_model(name, weights=None, **(kwargs or {}))
-    except Exception as e:
-        args = f" with {_args_text(kwargs)}" if kwargs else ""
-        raise ModelError(f"{source}: torchvision could not build it{args}: {_one_line(e)}") from e
 
 
 def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -394,7 +403,7 @@ def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True)
                      "counted as one graph: per-layer rows and substitution are not available")
     # an exported program has fixed example input shapes: take them from its signature
     shapes = example_shapes(ep) or [shape]
-    return Loaded(source, path.stem, model, [tuple(s) for s in shapes], "export",
+    return Loaded(source, path.stem, model, Example.plain(shapes, "the program's"), "export",
                   memory_check=memory_check, notes=notes)
 
 

@@ -167,6 +167,7 @@ class TimingEngine:
     # -- registration -------------------------------------------------------------------------
     def key(self, k: Kernel) -> str:
         return kernel_key(k.signature, k.in_shapes, self.cfg.numerics, self.device,
+                          inputs=k.example.key() if k.example is not None else None,
                           backend=self._backend_id, cold=self.cfg.cold)
 
     def add_group(self, kernels: list[Kernel], *, paired: bool, label: str = "") -> list[str]:
@@ -408,7 +409,10 @@ class TimingEngine:
         stage = "preparing"
         try:
             m = prepare_module(k.module, self.cfg)
-            xs = [inputs[tuple(s)] for s in k.in_shapes]
+            if k.example is not None:  # any structure: tensors in, tensors out (FlatCall)
+                m, xs = structured_call(m, k.example, self.cfg)
+            else:
+                xs = [inputs[tuple(s)] for s in k.in_shapes]
             stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
@@ -540,10 +544,31 @@ def make_input(shape: tuple[int, ...] | list[int], cfg: TimingConfig) -> torch.T
     return x
 
 
+def structured_call(module: torch.nn.Module, example: Any,
+                    cfg: TimingConfig) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """``module`` wrapped to take the example's tensors positionally and return its output's
+    tensors as a tuple (:class:`convcost.inputs.FlatCall`), and those tensors: seeded, on the
+    timing device, floating ones in the timing dtype (4-D ones channels-last when asked)."""
+    from convcost.inputs import FlatCall
+
+    n = cfg.numerics
+
+    def place(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=n.device)
+        if n.channels_last and x.dim() == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    call = example.make(n.torch_dtype).map_tensors(place)
+    return FlatCall(module, call), call.tensors()
+
+
 def _shared_inputs(kernels: Sequence[Kernel], cfg: TimingConfig) -> dict[tuple[int, ...], torch.Tensor]:
-    """One input tensor per distinct shape, shared by the group's kernels."""
+    """One input tensor per distinct shape, shared by the group's kernels (plain ones)."""
     out: dict[tuple[int, ...], torch.Tensor] = {}
     for k in kernels:
+        if k.example is not None:
+            continue
         for s in k.in_shapes:
             if tuple(s) not in out:
                 out[tuple(s)] = make_input(s, cfg)

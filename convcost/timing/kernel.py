@@ -74,9 +74,11 @@ def fingerprint_for_key(fp: dict[str, Any]) -> dict[str, Any]:
 
 
 def kernel_key(signature: str, in_shapes: list[tuple[int, ...]], n: Numerics, fp: dict[str, Any],
-               *, backend: str = "eager", cold: bool = False) -> str:
-    """Stable hex key of a measurement (the latency table's primary key)."""
-    doc = {"sig": signature, "in": [list(s) for s in in_shapes], "dtype": n.dtype,
+               *, backend: str = "eager", cold: bool = False, inputs: Any = None) -> str:
+    """Stable hex key of a measurement (the latency table's primary key); ``inputs``: the
+    structure of inputs that are not plain tensors (:meth:`convcost.inputs.Example.key`)."""
+    doc = {"sig": signature, "in": inputs if inputs is not None else [list(s) for s in in_shapes],
+           "dtype": n.dtype,
            "memory_format": n.memory_format, "backend": backend, "cold": cold,
            "fp": fingerprint_for_key(fp)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
@@ -84,21 +86,30 @@ def kernel_key(signature: str, in_shapes: list[tuple[int, ...]], n: Numerics, fp
 
 @dataclass
 class Kernel:
-    """One thing to time: ``module`` called on fresh inputs of ``in_shapes``.
+    """One thing to time: ``module`` called on fresh inputs of ``in_shapes`` (shapes of plain
+    float tensors, or an :class:`~convcost.inputs.Example`: any structure, kept in
+    :attr:`example`; ``in_shapes`` then lists its tensors' shapes).
 
     ``macs`` (when known) weights its share of the time budget; ``label`` names it in the
     lookup table ("Conv2d(64, 64, kernel_size=(3, 3), ...)" or "model ResNet50").
     """
 
     module: nn.Module
-    in_shapes: list[tuple[int, ...]]
+    in_shapes: Any
     expected: tuple[int, ...] | None = None
     macs: int | None = None
     label: str = ""
     scope: str = "layer"  # layer | model
     signature: str = field(default="", repr=False)
+    example: Any = field(default=None, repr=False)  # convcost.inputs.Example when not plain
 
     def __post_init__(self) -> None:
+        from convcost.inputs import Example
+
+        if isinstance(self.in_shapes, Example):
+            self.example = None if self.in_shapes.is_plain else self.in_shapes
+            self.in_shapes = self.in_shapes.shapes
+        self.in_shapes = [tuple(s) for s in self.in_shapes]
         if not self.signature:
             self.signature = module_signature(self.module)
         if not self.label:

@@ -17,6 +17,7 @@ from torch import nn
 
 from convcost.counting.analysis import AnalysisReport
 from convcost.figures import KernelTiming, LatencyFigure, MachineState, Measurement, ModelLatency
+from convcost.inputs import as_example
 from convcost.timing.canary import Canaries
 from convcost.timing.engine import (
     BUDGET,
@@ -241,17 +242,18 @@ class AnalysisTiming:
                                    timing=self.summary)
 
 
-def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[tuple[int, ...]],
+def time_analysis(report: AnalysisReport, model: nn.Module, inputs: Any,
                   engines: TimingEngine | Sequence[TimingEngine]) -> AnalysisTiming:
-    """Time the whole model forward and each conv/linear row's kernel in isolation, on each
-    engine's backend (the first backend's figures are the report's own latency fields)."""
+    """Time the whole model forward (on ``inputs``: an :class:`~convcost.inputs.Example` or
+    shapes) and each conv/linear row's kernel in isolation, on each engine's backend (the
+    first backend's figures are the report's own latency fields)."""
     engines = _engines(engines)
     several = len(engines) > 1
     modules = dict(model.named_modules())
     rows = [(i, r) for i, r in enumerate(report.layers) if r.op in ("conv", "linear")
             and r.in_shape and r.calls >= 1 and r.name in modules]
-    shapes = [tuple(s) for s in input_shapes]
-    model_kernel = Kernel(model, shapes, None, report.macs, f"model {report.name}", "model")
+    example = as_example(inputs)
+    model_kernel = Kernel(model, example, None, report.macs, f"model {report.name}", "model")
     row_kernels = [Kernel(modules[r.name], [tuple(r.in_shape)],
                           tuple(r.out_shape) if r.out_shape else None, r.macs // max(1, r.calls))
                    for _, r in rows]
@@ -261,7 +263,7 @@ def time_analysis(report: AnalysisReport, model: nn.Module, input_shapes: list[t
         keys.append((mk, [e.add_group([k], paired=False, label=r.name)[0]
                           for (_, r), k in zip(rows, row_kernels, strict=True)]))
     run_all(engines)
-    run = merge_runs(engines, shapes[0][0] if shapes and shapes[0] else None)
+    run = merge_runs(engines, example.batch)
     out = AnalysisTiming(run, {}, {}, {}, run.device)
     for e, (model_key, row_keys) in zip(engines, keys, strict=True):
         seen: set[str] = set()
@@ -361,7 +363,7 @@ class _Plan:
 
 
 def _plans(report: CompareReport, built: VariantCounter, model: nn.Module | None,
-           input_shapes: list[tuple[int, ...]] | None) -> list[_Plan]:
+           inputs: Any) -> list[_Plan]:
     """A paired group per layer (its original and unskipped variants) and one for the whole
     model, measuring the modules counting built."""
     modules = dict(model.named_modules()) if model is not None else {}
@@ -374,10 +376,10 @@ def _plans(report: CompareReport, built: VariantCounter, model: nn.Module | None
         kernels = [Kernel(m, [L.input_shape], L.output_shape, r.macs)
                    for m, (_, r) in zip(mods, rows, strict=True)]
         plans.append(_Plan(rows, kernels, mods, L, lc.name))
-    if report.is_model and model is not None and input_shapes is not None:
+    if report.is_model and model is not None and inputs is not None:
         rows = [((MODEL_ROWS, j), r) for j, r in
                 enumerate([report.model_baseline, *report.model_rows]) if j == 0 or not r.skipped]
-        shapes = [tuple(s) for s in input_shapes]
+        shapes = as_example(inputs)
         mods = [model] + [built.models.get(Variant(r.variant, r.groups))
                           or substitute(model, report.layers, Variant(r.variant, r.groups))[0]
                           for _, r in rows[1:]]
@@ -389,14 +391,14 @@ def _plans(report: CompareReport, built: VariantCounter, model: nn.Module | None
 
 def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingEngine],
                  model: nn.Module | None = None,
-                 input_shapes: list[tuple[int, ...]] | None = None,
+                 inputs: Any = None,
                  built: VariantCounter | None = None) -> CompareTiming:
     """Time every layer's original and variants (paired, one group per unique layer), then the
     whole model, original vs each substituted model (paired), on each engine's backend.
     ``built`` holds the modules counting built (they are measured; others are built here)."""
     engines = _engines(engines)
     several = len(engines) > 1
-    plans = _plans(report, built or VariantCounter(), model, input_shapes)
+    plans = _plans(report, built or VariantCounter(), model, inputs)
     keys = [[e.add_group(p.kernels, paired=True, label=p.label) for p in plans] for e in engines]
     run_all(engines)
     run = merge_runs(engines, report.layers[0].layer.batch if report.layers else None)

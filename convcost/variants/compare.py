@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.counting.analysis import LayerRow, analyze_model, random_inputs
+from convcost.counting.analysis import LayerRow, analyze_model, given_call
 from convcost.counting.counters import META, count_fvcore, count_meta
 from convcost.counting.meta import MetaCountError
 from convcost.errors import first_line
 from convcost.figures import LatencyFigure, TimedRow
+from convcost.inputs import as_call, as_example
 from convcost.variants.catalogue import (
     DENSE,
     FORMULAS,
@@ -400,7 +401,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   variant_names: tuple[str, ...], groups: tuple[int, ...] | None,
                   globs: tuple[str, ...] = (), kernel_sizes: tuple[int, ...] = (),
                   whole_model: bool = True, count_on: str = "auto",
-                  make_inputs: Callable[[], tuple[Any, ...]] | None = None,
+                  make_inputs: Callable[[], Any] | None = None,
                   estimated_macs: int | None = None,
                   progress: Callable[[str], None] | None = None,
                   counter: VariantCounter | None = None,
@@ -417,19 +418,20 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
                              make_inputs=make_inputs, estimated_macs=estimated_macs)
     how = META if analysis.counter == META else "real"
-    shapes = [tuple(r) for r in analysis.input_shapes]
-    real: list[tuple[Any, ...]] = []
+    example = as_example(inputs)
+    real: list[Any] = []
 
     def count_whole(m: nn.Module) -> Any:
         """Count a substituted model like the original (meta tensors, or real ones)."""
         if how == META:
             try:
-                return count_meta(m, shapes)[0]
+                return count_meta(m, example)[0]
             except MetaCountError:
                 pass
         if not real:
-            real.append(tuple(inputs) if all(hasattr(x, "shape") for x in inputs) else (
-                make_inputs() if make_inputs is not None else random_inputs(shapes)))
+            given = given_call(inputs)
+            real.append(given or (as_call(make_inputs()) if make_inputs is not None
+                                  else example.make()))
         return count_fvcore(m, real[0])
 
     modules = dict(model.named_modules())
