@@ -225,7 +225,7 @@ class Example:
 
     args: tuple[Node, ...]
     kwargs: tuple[tuple[str, Node], ...] = ()
-    origin: str = ""
+    origin: str = field(default="", compare=False)
 
     @classmethod
     def plain(cls, shapes: Sequence[Sequence[int]], origin: str = "") -> Example:
@@ -387,22 +387,29 @@ class FlatCall(torch.nn.Module):
         from torch.utils._pytree import tree_flatten
 
         self.module = module
+        self.training = module.training  # an exporter restores this mode on the whole tree
         leaves, self._spec = tree_flatten((call.args, call.kwargs))
         self._slots = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
         self._leaves = [None if isinstance(x, torch.Tensor) else x for x in leaves]
+        self.paths: list[str] = []  # where each returned tensor sits in the model's output
 
-    def inputs(self, call: Call) -> list[torch.Tensor]:
-        return call.tensors()
+    def name_outputs(self, text: str) -> str:
+        """``output [3]`` (the flat tuple's index) -> ``output [0]['labels']`` in ``text``."""
+        return re.sub(r"output \[(\d+)\]", lambda m: "output " + (
+            self.paths[int(m[1])] if int(m[1]) < len(self.paths) else m[0][7:]), text)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from torch.utils._pytree import tree_flatten, tree_unflatten
+        from torch.utils._pytree import tree_unflatten
 
         leaves = list(self._leaves)
         for i, t in zip(self._slots, tensors, strict=True):
             leaves[i] = t
         args, kwargs = tree_unflatten(leaves, self._spec)
         out = self.module(*args, **kwargs)
-        return tuple(x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor))
+        leaves = [(p, x) for p, x in output_leaves(out) if isinstance(x, torch.Tensor)]
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self.paths = [p for p, _ in leaves]
+        return tuple(x for _, x in leaves)
 
 
 def output_leaves(out: Any) -> list[tuple[str, Any]]:

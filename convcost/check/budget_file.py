@@ -180,10 +180,11 @@ def _shape(p: BudgetParser, v: Any, node: Any, key: str, where: str) -> Any:
         try:
             return parse_input(texts)
         except InputError as e:
-            raise p.err(str(e), node, key, where) from None
+            raise p.err(str(e).replace("--input #1", "input", 1).replace("--input", "input", 1),
+                        node, key, where) from None
     if (not isinstance(v, list) or len(v) < 2
             or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 or x > 1 << 20 for x in v)):
-        raise p.err(f"input {str(v)[:80]!r} must be a list of positive integers such as "
+        raise p.err(f"input {repr(v)[:80]} must be a list of positive integers such as "
                     "[1, 3, 224, 224], or inputs as --input takes them, e.g. '[3x224x224]'",
                     node, key, where)
     return tuple(v)

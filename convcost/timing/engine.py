@@ -436,7 +436,8 @@ class TimingEngine:
         except KeyboardInterrupt:
             raise
         except backends.OutputMismatch as e:
-            self._bench_errors[id(k)] = f"{self.backend}: {e}"
+            text = m.name_outputs(str(e)) if hasattr(m, "name_outputs") else str(e)
+            self._bench_errors[id(k)] = f"{self.backend}: {text}"
             return None
         except backends.SetupError as e:  # 'onnxruntime export failed: ...'
             self._bench_errors[id(k)] = f"{self.backend} {e.stage} failed: {error_text(e.error)}"

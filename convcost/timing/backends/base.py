@@ -82,27 +82,49 @@ class Backend:
         raise NotImplementedError
 
 
-def _first_tensor(out: Any) -> Any:
-    return out[0] if isinstance(out, (tuple, list)) and out else out
-
-
 def check_against_eager(out: Any, ref: Any, dtype: str) -> float:
-    """Raise :class:`OutputMismatch` unless ``out`` has ``ref``'s shape and
-    max|out - ref| / max|ref| is within the dtype's tolerance; returns that relative error."""
-    o, r = _first_tensor(out), _first_tensor(ref)
-    if not isinstance(o, torch.Tensor):
-        raise OutputMismatch(f"output is a {type(o).__name__}, not a tensor")
+    """Raise :class:`OutputMismatch` unless ``out`` has ``ref``'s structure (tensor, tuple,
+    list, dict, namedtuple, nested: every leaf), each tensor its shape and
+    max|out - ref| / max|ref| within the dtype's tolerance, other leaves equal; returns the
+    largest relative error. A one-item tuple and its tensor are the same output."""
+    from convcost.inputs import output_leaves
+
+    if isinstance(ref, torch.Tensor):
+        out = _unwrap(out)
+    elif isinstance(out, torch.Tensor):
+        ref = _unwrap(ref)
+    outs, refs = output_leaves(out), output_leaves(ref)
+    if len(outs) != len(refs):
+        raise OutputMismatch(f"output has {len(outs)} values, eager {len(refs)}")
+    worst = 0.0
+    for (path, o), (_, r) in zip(outs, refs, strict=True):
+        if not isinstance(r, torch.Tensor):
+            if o != r:
+                raise OutputMismatch(f"output {path} is {str(o)[:40]!r}, eager {str(r)[:40]!r}")
+            continue
+        if not isinstance(o, torch.Tensor):
+            raise OutputMismatch(f"output {path} is a {type(o).__name__}, not a tensor")
+        worst = max(worst, _leaf_error(path, o, r, dtype))
+    return worst
+
+
+def _unwrap(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+
+
+def _leaf_error(path: str, o: torch.Tensor, r: torch.Tensor, dtype: str) -> float:
+    where = "" if path == "output" else f" {path}"
     if tuple(o.shape) != tuple(r.shape):
-        raise OutputMismatch(f"output shape {list(o.shape)} != eager {list(r.shape)}")
+        raise OutputMismatch(f"output{where} shape {list(o.shape)} != eager {list(r.shape)}")
     o32, r32 = o.detach().float().to(r.device), r.detach().float()
     scale = float(r32.abs().max()) if r32.numel() else 0.0
     err = float((o32 - r32).abs().max()) if r32.numel() else 0.0
     if err != err:  # nan
-        raise OutputMismatch("output has non-finite values where eager's has none")
+        raise OutputMismatch(f"output{where} has non-finite values where eager's has none")
     rel = err / scale if scale > 0 else err
     tol = tolerance(dtype)
     if rel > tol:
-        raise OutputMismatch(f"output differs from eager: max relative error {rel:.2g} > "
+        raise OutputMismatch(f"output{where} differs from eager: max relative error {rel:.2g} > "
                              f"{tol:g} ({dtype})")
     return rel
 
