@@ -376,7 +376,33 @@ def _count_real(model: nn.Module, inputs: Call, source: str,
         counts.uncalled = uncalled_modules(model, records)
     if watch.note():
         notes.append(str(watch.note()))
+    _count_quantized(records, counts)
     return counts, records
+
+
+def _count_quantized(records: dict[str, ModuleRecord], counts: Counts) -> None:
+    """int8 conv and linear modules (torch.ao.nn.quantized), counted from their shapes: both
+    real-tensor counters see packed weights, not MACs. Added to each module, its ancestors, the
+    operator and the total, with a note (their int8 weights are not parameters)."""
+    from convcost.counting.handles import quantized_macs
+
+    n = weights = 0
+    for name, rec in records.items():
+        got = quantized_macs(rec.module, rec.out_shape)
+        if got is None or counts.by_module.get(name, 0):
+            continue
+        op, macs, w = got
+        macs *= rec.calls
+        parts = name.split(".")
+        for owner in {""} | {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
+            counts.by_module[owner] = counts.by_module.get(owner, 0) + macs
+        counts.by_operator[op] = counts.by_operator.get(op, 0) + macs
+        counts.macs += macs
+        n, weights = n + 1, weights + w
+    if n:
+        counts.notes.append(f"{n} int8 conv/linear module(s) counted from their shapes (the "
+                            f"trace sees packed weights); their {weights:,} int8 weights are "
+                            "not trainable parameters and are not in params")
 
 
 def _count_autograd_functions(model: nn.Module, inputs: Call, counts: Counts) -> None:

@@ -469,3 +469,29 @@ class SelectionWatch(TorchFunctionMode):
         return (f"data-dependent: the count holds for these inputs' values only ({what}); the "
                 "work after a selection (e.g. the boxes kept for the RoI heads) changes with "
                 "them")
+
+
+# --------------------------------------------------------------------------- int8 modules
+
+
+def _quantized_kinds() -> tuple[tuple[type, str], ...]:
+    """(class, operator) of torch's int8 conv and linear modules (their fused ReLU forms
+    subclass them): the JIT trace and flop_counter see packed weights, not these MACs."""
+    try:
+        from torch.ao.nn.quantized import Linear
+        from torch.ao.nn.quantized.modules.conv import _ConvNd
+    except ImportError:  # pragma: no cover - older torch
+        return ()
+    return ((_ConvNd, "conv"), (Linear, "linear"))
+
+
+def quantized_macs(m: nn.Module, out_shape: list[int] | None) -> tuple[str, int, int] | None:
+    """(operator, MACs, int8 weights) of one call of an int8 conv or linear module with output
+    ``out_shape``: conv, out elements x C_in/g x prod(kernel); linear, out elements x in
+    features (fvcore's formulas; bias adds none). None for any other module."""
+    for cls, op in _quantized_kinds():
+        if isinstance(m, cls) and out_shape:
+            per = (m.in_channels // m.groups * math.prod(m.kernel_size) if op == "conv"
+                   else m.in_features)
+            return op, math.prod(out_shape) * per, int(m.weight().numel())
+    return None
