@@ -329,3 +329,53 @@ def test_torchvision_detection_by_module_path_with_a_list_input():
 def test_torchvision_unknown_name_lists_what_there_is():
     r = run("analyze", "--no-time", "torchvision:resnet5O")
     assert r.exit_code == 3 and "resnet50" in r.stderr and "detection:" in r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_int8_modules_are_counted_from_their_shapes():
+    engines = torch.backends.quantized.supported_engines
+    if "fbgemm" not in engines and "qnnpack" not in engines:
+        pytest.skip("no quantized engine in this torch")
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in engines else "qnnpack"
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.dq = torch.ao.quantization.QuantStub(), torch.ao.quantization.DeQuantStub()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.conv(self.q(x)).mean((2, 3))
+            return self.dq(self.fc(y))
+
+    m = Tiny().eval()
+    m.qconfig = torch.ao.quantization.get_default_qconfig(torch.backends.quantized.engine)
+    torch.ao.quantization.prepare(m, inplace=True)
+    m(torch.randn(1, 3, 8, 8))
+    torch.ao.quantization.convert(m, inplace=True)
+    r = analyze_model(m, [(1, 3, 8, 8)], source="q", name="q", count_on="real")
+    assert r.by_operator["conv"] == 8 * 27 * 64 and r.by_operator["linear"] == 8 * 4
+    assert any("2 int8 conv/linear module(s)" in n and "248 int8 weights" in n for n in r.notes)
+    assert r.params == 0  # int8 weights are not trainable parameters
+
+
+def test_torchvision_namespaces_have_their_published_default_inputs():
+    from convcost.sources.tvmodels import default_example, namespace_of, no_download
+
+    def builder(module: str):
+        def f(*, weights=None, weights_backbone="download", num_classes=91):
+            return None
+        f.__module__ = module
+        return f
+
+    det = builder("torchvision.models.detection.faster_rcnn")
+    assert namespace_of(det) == "detection" and default_example(det, "x").text() == "[3x224x224]"
+    assert default_example(builder("torchvision.models.segmentation.fcn"), "x").shapes == [
+        (1, 3, 520, 520)]
+    assert default_example(builder("torchvision.models.optical_flow.raft"), "x").shapes == [
+        (1, 3, 512, 512)] * 2
+    assert default_example(builder("torchvision.models.resnet"), "x").shapes == [(1, 3, 224, 224)]
+    assert default_example(builder("mypackage.models"), "x") is None
+    assert no_download(det, {}) == {"weights": None, "weights_backbone": None}
+    assert no_download(det, {"weights_backbone": "X"})["weights_backbone"] == "X"
