@@ -183,6 +183,15 @@ def test_toy_detector_counts_on_real_tensors_with_a_data_dependent_note():
     assert meta.macs == r.macs and any("counted on real tensors" in n for n in meta.notes)
 
 
+def test_a_head_run_on_no_box_is_not_a_trace_failure():
+    from tests.fixtures.structured_models import ToyDetector
+
+    model = ToyDetector().eval()
+    torch.nn.init.zeros_(model.head.weight)  # every score 0.5: no cell kept
+    r = analyze_model(model, parse_input(["[3x32x32]"]), source="toy", name="toy")
+    assert r.counter == "fvcore" and r.by_operator.get("linear", 0) == 0
+
+
 def test_toy_detector_on_the_command_line():
     d = analyze_json(f"{FIX}:ToyDetector", "--input", "[3x32x32,3x24x40]")
     assert d["inputs"] == "[3x32x32, 3x24x40]" and d["counter"] == "fvcore"

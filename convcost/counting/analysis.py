@@ -448,11 +448,14 @@ def _missed_by_trace(model: nn.Module, records: dict[str, ModuleRecord], counts:
     """Conv/linear modules that ran (per the hooks) but got no MACs from fvcore's JIT trace.
 
     fvcore traces silently to an empty graph when, e.g., a forward returns None; a module that
-    really ran a convolution always has MACs, so a zero means the trace missed it.
+    really ran a convolution on a non-empty input always has MACs, so a zero means the trace
+    missed it (a detector's head run on no box has none).
     """
     mods = dict(model.named_modules())
-    return [n for n in records if isinstance(mods.get(n), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-            and counts.by_module.get(n, 0) == 0]
+    return [n for n, r in records.items()
+            if isinstance(mods.get(n), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            and counts.by_module.get(n, 0) == 0
+            and math.prod(r.out_shape or [1]) > 0]  # an empty batch (no boxes kept) has none
 
 
 def _first_line(e: BaseException) -> str:
