@@ -190,11 +190,11 @@ def namespace_section(tv, rows, fails, elapsed) -> str:
             "no proposal (published `_ops` = their conv part, marked `(= conv)`); Faster R-CNN "
             "ResNet-50's 134.380 is its conv part (120.020) plus its box head on 1,000 "
             "proposals; Mask R-CNN and Keypoint R-CNN (legacy weights) ran their mask and "
-            "keypoint heads on no detection. The seeded random weights here keep other numbers of boxes, so the "
-            "rows marked **differs** differ in the work of their RoI heads (box, mask, "
-            "keypoint), counted for the boxes these weights kept. The count holds for the "
-            "values it ran on; convcost says so in every detection report "
-            "(`data-dependent`).\n"
+            "keypoint heads on no detection. The seeded random weights here keep other "
+            "numbers of boxes, so the rows marked **differs** differ in the work of their "
+            "RoI heads (box, mask, keypoint), counted for the boxes these weights kept. "
+            "The count holds for the values it ran on; convcost says so in every detection "
+            "report (`data-dependent`).\n"
             + ("\nFailed to build or count:\n" + "\n".join(f"- {f}" for f in fails) + "\n"
                if fails else "")
             + "\n" + "\n".join(table) + "\n")
