@@ -456,7 +456,7 @@ def _tensor(dims: tuple[int, ...], dtype: str | None, low: int | None, high: int
                              f"(this one is {name})")
         lo = low or 0
         info = torch.iinfo(torch_dtype(name))
-        if high is None or not info.min <= lo < high <= info.max + 1:
+        if high is None or not info.min <= lo < high <= info.max:
             raise InputError(f"{where}: the range [{lo}, {high}) must hold at least one value "
                              f"and fit {name} ({info.min} to {info.max})")
         spec = replace(spec, low=lo, high=high)

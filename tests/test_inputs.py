@@ -85,6 +85,8 @@ def test_keywords_and_batch():
     (["1x3:float8"], "dtype 'float8'"),
     (["1x3<5"], "integer tensors only"),
     (["1x3:int64<0"], "at least one value"),
+    (["1x3:int64<9223372036854775808"], "fit int64"),
+    (["1x3:uint8<257"], "fit uint8"),
     (["[]"], "empty list"),
     (["[3x4x4]*99999"], "at most"),
     (["1x2x3x4x5x6x7x8x9"], "at most 8"),
