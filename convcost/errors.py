@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitStatus(IntEnum):
@@ -83,3 +84,8 @@ def first_line(e: BaseException, limit: int | None = None, *, with_type: bool = 
     else:
         out = text or type(e).__name__
     return out[:limit] if limit else out
+
+
+def kwargs_text(kwargs: dict[str, Any]) -> str:
+    """Keyword arguments as a call writes them: ``aux_logits=False, image_size=384``."""
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

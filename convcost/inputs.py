@@ -221,16 +221,15 @@ def as_call(inputs: Any) -> Call:
 @dataclass(frozen=True)
 class Example:
     """The inputs of one forward call: positional ``args`` and keyword ``kwargs`` (name, node)
-    pairs; ``origin`` says where they came from (for reports)."""
+    pairs."""
 
     args: tuple[Node, ...]
     kwargs: tuple[tuple[str, Node], ...] = ()
-    origin: str = field(default="", compare=False)
 
     @classmethod
-    def plain(cls, shapes: Sequence[Sequence[int]], origin: str = "") -> Example:
+    def plain(cls, shapes: Sequence[Sequence[int]]) -> Example:
         """Positional float32 tensors of ``shapes`` (standard normal values)."""
-        return cls(tuple(TensorSpec(tuple(int(d) for d in s)) for s in shapes), (), origin)
+        return cls(tuple(TensorSpec(tuple(int(d) for d in s)) for s in shapes))
 
     @property
     def is_plain(self) -> bool:
@@ -526,7 +525,7 @@ def parse_input(values: Sequence[str]) -> Example:
             raise InputError(f"--input {raw[:60]!r}: positional inputs come before keyword ones")
         else:
             args.append(parse_value(raw, f"--input #{len(args) + 1}"))
-    return check_example(Example(tuple(args), tuple(kwargs), "--input"), "--input")
+    return check_example(Example(tuple(args), tuple(kwargs)), "--input")
 
 
 def check_example(ex: Example, where: str) -> Example:
@@ -568,7 +567,7 @@ def read_inputs_file(path: str) -> Example:
             raise v.err(f"kwargs: {str(name)[:40]!r} is not a keyword argument name",
                         raw_kwargs, name)
         kwargs.append((name, v.node(node, raw_kwargs, name, f"kwargs.{name}", 1)))
-    return check_example(Example(args, tuple(kwargs), str(path)), str(path))
+    return check_example(Example(args, tuple(kwargs)), str(path))
 
 
 class _InputsFile(FileValidator):

@@ -251,14 +251,14 @@ def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | N
 
 
 def _time_compare(report: Any, built: Any, timing: TimingRequest, default_dtype: str,
-                  model: Any, shapes: Any, progress: ProgressFactory | None) -> JobResult:
+                  model: Any, example: Any, progress: ProgressFactory | None) -> JobResult:
     """Time a comparison (the modules counting ``built``) and attach the figures."""
     from convcost.timing.measure import time_compare
 
     cfg = timing.config(default_dtype)
     phase("timing the variants", _timing_allowance(timing))
     with _progress(progress) as prog:
-        timed = time_compare(report, timing.engines(cfg, prog), model, shapes, built)
+        timed = time_compare(report, timing.engines(cfg, prog), model, example, built)
     return JobResult(timed.attach(report), timed.run)
 
 
@@ -356,15 +356,15 @@ def _check_latency(check: Any, loaded: Any, macs: int, measure_latency: bool,
     if lat.device.startswith("cuda") and not torch.cuda.is_available():
         return {"latency_skip": f"no CUDA device on this machine for the {lat.device} limit"}
     device = lat.device if lat.device != "cuda" else "cuda:0"
-    shapes = loaded.example.with_batch(lat.batch) if lat.batch else loaded.example
-    est, why = model_estimate(loaded.model, shapes) if memory_check else (0, "")
+    example = loaded.example.with_batch(lat.batch) if lat.batch else loaded.example
+    est, why = model_estimate(loaded.model, example) if memory_check else (0, "")
     guard(est, why, what=f"{check.name}: the latency measurement", device=device,
           enabled=memory_check)
     phase("timing the model", None)
-    out = _time_check_model(check, loaded.model, shapes, macs, device, max_time_s)
+    out = _time_check_model(check, loaded.model, example, macs, device, max_time_s)
     busy = out.pop("machine_busy", None)
     if busy and on_busy == "remeasure":  # once more: a neighbour's burst may have passed
-        out = _time_check_model(check, loaded.model, shapes, macs, device, max_time_s)
+        out = _time_check_model(check, loaded.model, example, macs, device, max_time_s)
         busy = out.pop("machine_busy", None)
         if busy:
             busy = f"{busy}, measured twice"
@@ -376,7 +376,7 @@ def _check_latency(check: Any, loaded: Any, macs: int, measure_latency: bool,
     return {"latency_failed": out["latency_busy"], "latency_busy": out["latency_busy"]}
 
 
-def _time_check_model(check: Any, model: Any, shapes: Any, macs: int,
+def _time_check_model(check: Any, model: Any, example: Any, macs: int,
                       device: str, max_time_s: float) -> dict[str, Any]:
     """One fresh measurement of a check's model: its figure (``machine_busy`` says why the
     machine was busy, if it was) or ``latency_failed``."""
@@ -386,7 +386,7 @@ def _time_check_model(check: Any, model: Any, shapes: Any, macs: int,
     timing = TimingRequest(device, lat.dtype, None, None, False, max_time_s, None,
                            use_table=False, backends=(lat.backend,))
     (engine,) = timing.engines(timing.config(), _NullProgress())
-    (key,) = engine.add_group([Kernel(model, shapes, None, macs, f"model {check.name}",
+    (key,) = engine.add_group([Kernel(model, example, None, macs, f"model {check.name}",
                                       "model")], paired=False)
     engine.run()
     if engine.interrupted:

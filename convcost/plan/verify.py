@@ -35,14 +35,14 @@ def planned_model(model: nn.Module, report: CompareReport, layers: Sequence[Laye
 
 
 def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Module,
-           shapes: Any, engines: Sequence[Any], name: str) -> Any:
+           example: Any, engines: Sequence[Any], name: str) -> Any:
     """Time ``original`` and every planned model paired on each engine; fills each plan's
     ``verified`` (one :class:`Verified` per backend) and returns the timing run."""
     from convcost.timing.kernel import Kernel
     from convcost.timing.measure import is_busy, merge_runs, run_all
 
-    kernels = [Kernel(original, shapes, None, None, f"model {name} original", "model")]
-    kernels += [Kernel(m, shapes, None, round(p.totals.get("macs", 0)) or None,
+    kernels = [Kernel(original, example, None, None, f"model {name} original", "model")]
+    kernels += [Kernel(m, example, None, round(p.totals.get("macs", 0)) or None,
                        f"model {name} plan {i + 1}", "model")
                 for i, (p, m) in enumerate(zip(plans, models, strict=True))]
     keys = [e.add_group(kernels, paired=True, label="planned models") for e in engines]
@@ -62,4 +62,4 @@ def verify(plans: list[PlannedModel], models: list[nn.Module], original: nn.Modu
                 pr.ratio.rounds if pr.ratio else None, busy, err))
     from convcost.inputs import as_example
 
-    return merge_runs(list(engines), as_example(shapes).batch)
+    return merge_runs(list(engines), as_example(example).batch)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convcost.errors import InputError, ModelError, first_line
+from convcost.errors import InputError, ModelError, first_line, kwargs_text
 from convcost.inputs import Call, Example
 from convcost.sources.spec import Spec, build_model, load_spec
 
@@ -202,7 +202,7 @@ def _example(inputs: Example | None, input_shape: tuple[int, ...] | None, batch:
     if inputs is not None:
         return inputs.with_batch(batch) if batch is not None else inputs
     if input_shape is not None or default is None:
-        return Example.plain([shape], "--input-shape" if input_shape is not None else "default")
+        return Example.plain([shape])
     return default.with_batch(batch) if batch is not None else default
 
 
@@ -216,10 +216,6 @@ def _input_shape(shape: tuple[int, ...] | None, batch: int | None) -> tuple[int,
     return s
 
 
-def _args_text(kwargs: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
 def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         import timm
@@ -230,7 +226,7 @@ def _timm(source: str, name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
     try:
         return timm.create_model(name, pretrained=False, **(kwargs or {}))
     except Exception as e:
-        args = f" with {_args_text(kwargs)}" if kwargs else ""
+        args = f" with {kwargs_text(kwargs)}" if kwargs else ""
         raise ModelError(f"{source}: timm could not build it{args}: {_one_line(e)}") from e
 
 
@@ -321,7 +317,7 @@ def _instantiate(source: str, obj: Any, name: str, kwargs: dict[str, Any] | None
     try:
         model = obj(**kwargs)
     except Exception as e:
-        raise ModelError(f"{source}: calling {name}({_args_text(kwargs)}) failed: "
+        raise ModelError(f"{source}: calling {name}({kwargs_text(kwargs)}) failed: "
                          f"{_one_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{source}: {name}() returned a {type(model).__name__}, not an nn.Module")
@@ -403,7 +399,7 @@ def _load_export(source: str, shape: tuple[int, ...], memory_check: bool = True)
                      "counted as one graph: per-layer rows and substitution are not available")
     # an exported program has fixed example input shapes: take them from its signature
     shapes = example_shapes(ep) or [shape]
-    return Loaded(source, path.stem, model, Example.plain(shapes, "the program's"), "export",
+    return Loaded(source, path.stem, model, Example.plain(shapes), "export",
                   memory_check=memory_check, notes=notes)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from convcost.errors import ModelError, first_line
+from convcost.errors import ModelError, first_line, kwargs_text
 from convcost.inputs import Example, Seq, TensorSpec
 
 NAMESPACES = ("classification", "segmentation", "detection", "video", "optical_flow",
@@ -49,18 +49,17 @@ def _crop(name: str, default: int) -> int:
 
 
 def _image(shape: tuple[int, ...]) -> Example:
-    return Example((TensorSpec(shape),), (), "torchvision default")
+    return Example((TensorSpec(shape),))
 
 
 DEFAULT_INPUTS: dict[str, Callable[[str], Example]] = {
     "classification": lambda name: _image((1, 3, 224, 224)),
     "quantization": lambda name: _image((1, 3, 224, 224)),
     "segmentation": lambda name: _image((1, 3, 520, 520)),
-    "detection": lambda name: Example((Seq("list", (TensorSpec((3, 224, 224)),)),), (),
-                                      "torchvision default"),
+    "detection": lambda name: Example((Seq("list", (TensorSpec((3, 224, 224)),)),)),
     "video": lambda name: _image((1, 3, 16, _crop(name, 112), _crop(name, 112))),
     "optical_flow": lambda name: Example((TensorSpec((1, 3, 512, 512)),
-                                          TensorSpec((1, 3, 512, 512))), (), "torchvision default"),
+                                          TensorSpec((1, 3, 512, 512)))),
 }
 
 
@@ -127,7 +126,7 @@ def build(source: str, name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, Ex
     try:
         model = builder(**args)
     except Exception as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise ModelError(f"{source}: torchvision could not build it"
-                         f"{f' with {shown}' if shown else ''}: {first_line(e)}") from e
+        shown = f" with {kwargs_text(kwargs)}" if kwargs else ""
+        raise ModelError(f"{source}: torchvision could not build it{shown}: "
+                         f"{first_line(e)}") from e
     return model, default_example(builder, name)

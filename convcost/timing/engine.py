@@ -538,9 +538,14 @@ def make_input(shape: tuple[int, ...] | list[int], cfg: TimingConfig) -> torch.T
     """A seeded random input on the timing device, dtype and memory format."""
     from convcost.inputs import seeded_inputs
 
+    return _placed(seeded_inputs([shape], cfg.numerics.torch_dtype)[0], cfg)
+
+
+def _placed(x: torch.Tensor, cfg: TimingConfig) -> torch.Tensor:
+    """``x`` on the timing device; a 4-D floating tensor channels-last when asked."""
     n = cfg.numerics
-    x = seeded_inputs([shape])[0].to(device=n.device, dtype=n.torch_dtype)
-    if n.channels_last and x.dim() == 4:
+    x = x.to(device=n.device)
+    if n.channels_last and x.dim() == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -552,15 +557,7 @@ def structured_call(module: torch.nn.Module, example: Any,
     timing device, floating ones in the timing dtype (4-D ones channels-last when asked)."""
     from convcost.inputs import FlatCall
 
-    n = cfg.numerics
-
-    def place(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=n.device)
-        if n.channels_last and x.dim() == 4 and x.is_floating_point():
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    call = example.make(n.torch_dtype).map_tensors(place)
+    call = example.make(cfg.numerics.torch_dtype).map_tensors(lambda x: _placed(x, cfg))
     return FlatCall(module, call), call.tensors()
 
 

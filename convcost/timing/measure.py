@@ -379,11 +379,11 @@ def _plans(report: CompareReport, built: VariantCounter, model: nn.Module | None
     if report.is_model and model is not None and inputs is not None:
         rows = [((MODEL_ROWS, j), r) for j, r in
                 enumerate([report.model_baseline, *report.model_rows]) if j == 0 or not r.skipped]
-        shapes = as_example(inputs)
+        example = as_example(inputs)
         mods = [model] + [built.models.get(Variant(r.variant, r.groups))
                           or substitute(model, report.layers, Variant(r.variant, r.groups))[0]
                           for _, r in rows[1:]]
-        kernels = [Kernel(m, shapes, None, r.macs, f"model {report.name} {r.label}", "model")
+        kernels = [Kernel(m, example, None, r.macs, f"model {report.name} {r.label}", "model")
                    for m, (_, r) in zip(mods, rows, strict=True)]
         plans.append(_Plan(rows, kernels, mods, None, "model"))
     return plans
