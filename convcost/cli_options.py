@@ -205,6 +205,12 @@ def timing_options(f: Callable) -> Callable:
                           "stores them (a machine you know is shared)."),
         click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write a PNG plot (needs matplotlib: pip install 'convcost[plot]')."),
+        click.option("--pass", "pass_name", type=click.Choice(["inference", "training"]),
+                     default="inference", show_default=True,
+                     help="What a call is: inference (one forward) or training (forward + "
+                          "backward: the weights' and the input's gradients per layer, the "
+                          "whole model's training step; eager and inductor run it). Also "
+                          "counts the backward's MACs."),
         click.option("--backend", "backend", default="eager", show_default=True,
                      metavar="NAME[,NAME...]",
                      help="Runtime(s) to time on, side by side: eager, inductor (torch.compile), "
@@ -233,7 +239,7 @@ def timing_request(o: dict[str, Any]) -> Any:
         return None
     return TimingRequest(dev, o["dtype"], o["channels_last"], o["threads"], o["cold"],
                          o["max_time"], o["time_budget"], o["fresh"], backends=backends,
-                         on_busy=o["on_busy"]).resolved()
+                         on_busy=o["on_busy"], pass_name=o["pass_name"]).resolved()
 
 
 def source_request(o: dict[str, Any]) -> Any:
@@ -254,7 +260,7 @@ def source_request(o: dict[str, Any]) -> Any:
         inputs = parse_input(o["inputs"])
     return SourceRequest(o["source"], o["input_shape"], o["batch"],
                          parse_model_args(o["model_args"]), not o["ignore_memory"], o["count_on"],
-                         plan, inputs)
+                         plan, inputs, o.get("pass_name", "inference"))
 
 
 def candidate_options(f: Callable) -> Callable:

@@ -37,6 +37,11 @@ class Measurement:
     rounds: int = 0
     median_rse: float | None = None
     stop: str | None = None
+    # tail percentiles of the samples (each the mean of ``calls_per_sample`` calls); None with
+    # too few samples (p10/p90: 10, p99: 100; see convcost.timing.stats.tails)
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
 
     @property
     def rel_iqr(self) -> float | None:

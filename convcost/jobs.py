@@ -34,6 +34,7 @@ class TimingRequest:
     threads_note: str = ""  # how "auto" chose the thread count (see resolved())
     table_only: bool = False  # plan --from-table: read the latency table, measure nothing
     target: str | None = None  # with table_only: the device whose figures to read (a name)
+    pass_name: str = "inference"  # inference | training (forward + backward)
 
     def config(self, default_dtype: str = "fp32") -> Any:
         from convcost.timing.device import Numerics
@@ -44,7 +45,8 @@ class TimingRequest:
             self.device.startswith("cuda") and dt in ("fp16", "bf16"))
         threads, note = self._threads()
         return TimingConfig(numerics=Numerics(self.device, dt, cl, threads), cold=self.cold,
-                            max_time_s=self.max_time_s, threads_note=note)
+                            max_time_s=self.max_time_s, threads_note=note,
+                            pass_name=self.pass_name)
 
     def resolved(self) -> TimingRequest:
         """This request with ``auto`` threads read now, once: every phase of a command (a
@@ -114,6 +116,7 @@ class SourceRequest:
     count_on: str = "auto"
     plan: tuple[str, Any] | None = None  # (path, PlanFile): substituted after loading
     inputs: Any = None  # convcost.inputs.Example from --input (None: --input-shape or default)
+    pass_name: str = "inference"  # training: the backward's MACs are counted too
 
 
 @dataclass
@@ -168,7 +171,8 @@ def run_analyze(src: SourceRequest, timing: TimingRequest | None, dtype: str | N
     report = analyze_model(loaded.model, loaded.example, count_on=src.count_on,
                            make_inputs=lambda: loaded.inputs, source=src.source,
                            name=loaded.name, estimated_macs=loaded.estimated_macs,
-                           dtype=cfg.numerics.dtype if cfg else (dtype or _spec_dtype(loaded)))
+                           dtype=cfg.numerics.dtype if cfg else (dtype or _spec_dtype(loaded)),
+                           pass_name=src.pass_name)
     report.notes[:0] = loaded.notes
     run = None
     if timing is not None:
@@ -662,6 +666,7 @@ def run_cache_import(path: Any) -> Imported:
     from convcost.files import read_bounded
     from convcost.timing.table import (
         KERNEL_FIELDS,
+        OPTIONAL_KERNEL_FIELDS,
         LatencyTable,
         imported_kernel_problem,
         imported_pair_problem,
@@ -688,7 +693,7 @@ def run_cache_import(path: Any) -> Imported:
         if why:
             refused.append(f"{path}: measurements[{i}]: {why}; not imported")
             continue
-        table.put_kernel({f: row[f] for f in KERNEL_FIELDS})
+        table.put_kernel({f: row.get(f) for f in (*KERNEL_FIELDS, *OPTIONAL_KERNEL_FIELDS)})
         n_k += 1
     for i, p in enumerate(doc.get("pairs", [])):
         why = imported_pair_problem(p)

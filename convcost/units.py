@@ -112,3 +112,36 @@ def parse_percent(text: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{text!r} is not a finite percentage")
     return v
+
+
+_BYTES = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 1 << 10,
+               "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?i?[bB]?)\s*$")
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    """Bytes with a binary prefix, 3 significant digits: 25690112 -> '24.5 MiB'."""
+    if n is None:
+        return "-"
+    for scale, unit in _BYTES:
+        if abs(n) >= scale * 0.9995:
+            return f"{_sig(n / scale, 3)} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_bytes(text: str | int | float) -> float:
+    """'12MiB' -> 12582912, '50 MB' -> 5e7, '4096' -> 4096 (bytes); ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError("use a size such as 12MiB, 50MB or 4096")
+    if isinstance(text, (int, float)):
+        v, unit = float(text), ""
+    else:
+        m = _BYTES_RE.match(str(text))
+        if not m or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"{str(text)[:40]!r} is not a size; use e.g. 12MiB, 50MB or 4096 "
+                             "(bytes)")
+        v, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{text!r} is not a size")
+    return v * _BYTE_UNITS[unit]

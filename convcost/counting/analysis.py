@@ -31,6 +31,7 @@ from convcost.counting.inventory import (
     record_modules,
     uncalled_modules,
 )
+from convcost.counting.passes import model_pass
 from convcost.errors import ModelError, first_line
 from convcost.figures import LatencyFigure, ModelLatency, TimedRow
 from convcost.inputs import Call, as_call, as_example
@@ -71,11 +72,36 @@ class LayerRow(TimedRow):
     bias: bool | None = None
     calls: int = 1
     backends: dict[str, LatencyFigure] = field(default_factory=dict)  # when timed, run order
+    # training pass: the MACs of this layer's backward in the model's training step (None for
+    # inference, and for rows other than conv/linear)
+    backward_macs: int | None = None
 
     @property
     def flops(self) -> int:
         """FLOPs = 2 x MACs."""
         return 2 * self.macs
+
+    def memory(self, itemsize: int) -> dict[str, int | None]:
+        """Bytes at ``itemsize`` bytes per element: weights (parameters), activation (the
+        output, per call) and, for a conv or linear, the memory access cost of ShuffleNet V2 over
+        its calls (input + output + weight elements per call; bias excluded, as the formula)."""
+        out = _numel(self.out_shape)
+        access = None
+        if self.op in ("conv", "linear") and self.in_shape and self.out_shape:
+            bias = (self.out_shape[1] if self.op == "conv" else self.out_shape[-1]) \
+                if self.bias else 0
+            access = self.calls * (_numel(self.in_shape) + out + self.params - bias)
+        return {"weight_bytes": self.params * itemsize,
+                "activation_bytes": out * itemsize if self.out_shape else None,
+                "access_bytes": access * itemsize if access is not None else None,
+                "access_elements": access}
+
+
+def _numel(shape: list[int] | None) -> int:
+    n = 1
+    for d in shape or []:
+        n *= int(d)
+    return n
 
 
 
@@ -113,6 +139,9 @@ class AnalysisReport:
     never_called: list[tuple[str, int]] = field(default_factory=list)  # (module, its params)
     backends: dict[str, ModelLatency] = field(default_factory=dict)  # whole model, run order
     inputs: str = ""  # the call's structure when not plain tensors (Example.text())
+    pass_name: str = "inference"  # inference | training (what the counts and timings are of)
+    backward_macs: int | None = None  # training: the training step's backward MACs
+    peak_activation_bytes: int | None = None  # the pass's forward, on meta tensors
 
     @property
     def flops(self) -> int:
@@ -267,7 +296,8 @@ def data_dependent(model: nn.Module, example: Any = None) -> str | None:
 def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   dtype: str = "fp32", count_on: str = "auto",
                   make_inputs: Callable[[], Any] | None = None,
-                  estimated_macs: int | None = None) -> AnalysisReport:
+                  estimated_macs: int | None = None,
+                  pass_name: str = "inference") -> AnalysisReport:
     """Count a model: params, MACs per module and operator, shapes per module.
 
     ``inputs`` is an :class:`~convcost.inputs.Example` (the structure of the call), example
@@ -299,13 +329,24 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
         notes.append(f"data-dependent: {dyn}; the count holds for these inputs' values only")
     rows = build_rows(model, records, counts)
     never = never_run(model, records, counts)
+    mp = model_pass(model, example, training=pass_name == "training",
+                    real_call=lambda: given or (as_call(make_inputs()) if make_inputs is not None
+                                                else example.make()))
+    notes.extend(mp.notes)
+    if mp.backward is not None:
+        g = mp.backward.gradients
+        rows = [replace(r, backward_macs=r.macs // max(1, r.calls) * g[r.name])
+                if r.op in ("conv", "linear") and r.name in g else r for r in rows]
     return AnalysisReport(
         source=source, name=name, input_shapes=[list(s) for s in example.shapes],
         dtype=dtype, params=counts.params, macs=counts.macs,
         by_operator=dict(sorted(counts.by_operator.items(), key=lambda kv: -kv[1])),
         unsupported_ops=dict(sorted(counts.unsupported_ops.items())), layers=rows,
         hierarchy=build_hierarchy(model, records, counts), counter=counts.counter, notes=notes,
-        never_called=never, inputs="" if example.is_plain else example.text())
+        never_called=never, inputs="" if example.is_plain else example.text(),
+        pass_name=pass_name,
+        backward_macs=mp.backward.backward_macs if mp.backward is not None else None,
+        peak_activation_bytes=mp.peak_activation_bytes)
 
 
 def given_call(inputs: Any) -> Call | None:

@@ -15,11 +15,13 @@ from convcost.report.common import (
     CONVENTION_LINE,
     csv_cell,
     dims_label,
+    has_tails,
     iqr_cell,
     json_text,
     md_table,
     pct,
     roof_cells,
+    tail_cells,
     roofline_of,
     shape_str,
     source_cell,
@@ -28,7 +30,8 @@ from convcost.report.common import (
     to_console_text,
 )
 from convcost.report.layout import Col, dropped_line, fit_table, rich_text
-from convcost.units import fmt_ms, human
+from convcost.counting.passes import itemsize
+from convcost.units import fmt_bytes, fmt_ms, human
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -98,21 +101,24 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     tcols += [Col(f"latency {b}", "right", 74, fmt_ms(report.backends[b].latency_ms))
               for b in extra]
     cached = timed and any(source_cell(r.timing) for r in report.layers)
+    tails = timed and has_tails(report.layers)
     cols = [Col("#", "right", 20), Col("layer", "left", 100, "total"), Col("op", "left", 45),
             Col("kind", "left", 55), Col("output", "right", 50), Col("groups", "right", 40),
             Col("params", "right", 85, human(report.params)),
             Col("MACs", "right", 100, human(report.macs)),
             Col("FLOPs", "right", 10, human(report.flops)),
-            Col("%MACs", "right", 60, "100.0%" if report.macs else "-"), *tcols]
+            Col("%MACs", "right", 60, "100.0%" if report.macs else "-"),
+            *_pass_cols(report), *tcols]
     if cached:
         cols.append(Col("source", "left", 25))
     cells_rows = []
     for i, r in enumerate(rows, 1):
         cells = [str(i), r.name, r.op, r.kind, shape_str(r.out_shape),
                  "" if r.groups is None else str(r.groups), human(r.params), human(r.macs),
-                 human(r.flops), pct(r.macs, report.macs)]
+                 human(r.flops), pct(r.macs, report.macs), *_pass_cells(report, r)]
         if timed:
             cells += [fmt_ms(r.latency_ms), iqr_cell(r.timing)]
+            cells += tail_cells(r.timing) if tails else []
         if roof:
             cells += roof_cells(roofline_of(r.timing), peaks)
         cells += [_extra_cell(r, b) for b in extra]
@@ -126,11 +132,54 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
                 f"counter {report.counter}"), *dropped_line(dropped), operator_table(report)]
     if collapsed:
         out.append(rich_text(f"note: {collapsed}", style="yellow"))
+    out.append(rich_text(pass_line(report)))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
     out.extend(_backend_model_lines(report))
     out.extend(_warnings(report))
     out.append(rich_text(CONVENTION_LINE, style="dim"))
     return out
+
+
+def _pass_cols(report: AnalysisReport) -> list[Col]:
+    """bwd MACs (training), then weights, output and MAC in bytes (dropped first on narrow
+    terminals)."""
+    size = itemsize(report.dtype)
+    acc = [r.memory(size)["access_bytes"] for r in report.layers]
+    cols = []
+    if report.pass_name == "training":
+        cols.append(Col("bwd MACs", "right", 58, human(report.backward_macs)))
+    return cols + [Col("weights", "right", 14, fmt_bytes(report.params * size)),
+                   Col("output", "right", 13,
+                       f"peak {fmt_bytes(report.peak_activation_bytes)}"
+                       if report.peak_activation_bytes is not None else ""),
+                   Col("MAC", "right", 16, fmt_bytes(sum(a for a in acc if a)))]
+
+
+def _pass_cells(report: AnalysisReport, r: LayerRow) -> list[str]:
+    mem = r.memory(itemsize(report.dtype))
+    cells = [human(r.backward_macs) if r.backward_macs is not None else ""] \
+        if report.pass_name == "training" else []
+    return cells + [fmt_bytes(mem["weight_bytes"]) if r.params else "",
+                    fmt_bytes(mem["activation_bytes"]), fmt_bytes(mem["access_bytes"])
+                    if mem["access_bytes"] is not None else ""]
+
+
+def pass_line(report: AnalysisReport) -> str:
+    """'pass inference | weights 44.7 MiB (fp32) | peak activation memory 12.1 MiB (forward,
+    meta tensors)'; training adds the backward's MACs."""
+    size = itemsize(report.dtype)
+    parts = [f"pass {report.pass_name}", f"weights {fmt_bytes(report.params * size)} "
+             f"({report.dtype})"]
+    if report.peak_activation_bytes is not None:
+        what = ("training forward: saved for the backward" if report.pass_name == "training"
+                else "forward")
+        parts.append(f"peak activation memory {fmt_bytes(report.peak_activation_bytes)} "
+                     f"({what}; meta tensors)")
+    if report.pass_name == "training":
+        bwd = report.backward_macs
+        parts.append(f"backward MACs {human(bwd)}" + (
+            f" (forward + backward {human(report.macs + bwd)})" if bwd is not None else ""))
+    return "  |  ".join(parts)
 
 
 def _backend_model_lines(report: AnalysisReport) -> list[Any]:
@@ -219,19 +268,25 @@ def _warnings(report: AnalysisReport) -> list[RichText]:
     return out
 
 
-def _layer_dict(r: LayerRow) -> dict[str, Any]:
+def _layer_dict(r: LayerRow, size: int = 4) -> dict[str, Any]:
+    mem = r.memory(size)
     d: dict[str, Any] = {
         "name": r.name, "op": r.op, "kind": r.kind, "in_shape": r.in_shape,
         "out_shape": r.out_shape, "groups": r.groups, "params": r.params, "macs": r.macs,
-        "flops": r.flops, "latency_ms": r.latency_ms,
+        "flops": r.flops, "latency_ms": r.latency_ms, "weight_bytes": mem["weight_bytes"],
+        "activation_bytes": mem["activation_bytes"], "access_bytes": mem["access_bytes"],
     }
     if r.kernel is not None:
         d.update(kernel=r.kernel, stride=r.stride, padding=r.padding, dilation=r.dilation,
                  bias=r.bias)
     if r.calls != 1:
         d["calls"] = r.calls
+    if r.backward_macs is not None:
+        d["backward_macs"] = r.backward_macs
     if r.timing is not None:
         d["timing"] = r.timing.to_dict()
+        d["latency_p90_ms"] = r.timing.measurement.p90_ms
+        d["latency_p99_ms"] = r.timing.measurement.p99_ms
     if r.backends:
         d["backends"] = {b: {"latency_ms": f.latency_ms, "timing": timing_dict(f.timing)}
                          for b, f in r.backends.items()}
@@ -255,11 +310,21 @@ def analysis_dict(report: AnalysisReport, depth: int | None = None) -> dict[str,
         "totals": {"params": report.params, "macs": report.macs, "flops": report.flops,
                    "latency_ms": report.latency_ms, "paper_macs": report.paper_macs,
                    "paper_flops": 2 * report.paper_macs,
-                   "params_never_called": report.params_never_called},
+                   "params_never_called": report.params_never_called,
+                   **({"backward_macs": report.backward_macs,
+                       "training_macs": None if report.backward_macs is None
+                       else report.macs + report.backward_macs}
+                      if report.pass_name == "training" else {})},
+        "pass": report.pass_name,
+        "memory": {"weight_bytes": report.params * itemsize(report.dtype),
+                   "peak_activation_bytes": report.peak_activation_bytes,
+                   "access_bytes": sum(m["access_bytes"] or 0 for m in
+                                       (r.memory(itemsize(report.dtype)) for r in report.layers)),
+                   "bytes_per_element": itemsize(report.dtype)},
         "never_called": [{"name": n, "params": p} for n, p in report.never_called],
         "by_operator": report.by_operator,
         "unsupported_ops": report.unsupported_ops,
-        "layers": [_layer_dict(r) for r in report.layers],
+        "layers": [_layer_dict(r, itemsize(report.dtype)) for r in report.layers],
         "notes": report.notes,
     }
     if depth is not None:  # the collapsed view too (``layers`` stays: the contract)
@@ -282,17 +347,34 @@ _CSV_FIELDS = ["name", "op", "kind", "in_shape", "out_shape", "groups", "kernel"
                "padding", "dilation", "params", "macs", "flops", "latency_ms"]
 
 
+_CSV_TRAIL = ["latency_p90_ms", "latency_p99_ms", "backward_macs", "weight_bytes",
+              "activation_bytes", "access_bytes"]  # after the backends' columns
+
+
+class _Padded:
+    """A CSV writer whose rows are padded with empty cells to the header's width."""
+
+    def __init__(self, w: Any, n: int) -> None:
+        self.w, self.n = w, n
+
+    def writerow(self, row: list[Any]) -> None:
+        self.w.writerow([*row, *[""] * (self.n - len(row))])
+
+
 def analysis_csv(report: AnalysisReport, depth: int | None = None) -> str:
     """One row per layer (per module of the hierarchy at ``depth`` when given), the totals in
     both conventions, the never-called modules and the not-counted operators."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     extra = _extra_backends(report)
-    w.writerow(_CSV_FIELDS + [f"latency_ms:{b}" for b in extra])
+    head = _CSV_FIELDS + [f"latency_ms:{b}" for b in extra] + _CSV_TRAIL
+    w.writerow(head)
     for r in (report.layers if depth is None else _collapse(report, depth)):
-        d = _layer_dict(r)
+        d = _layer_dict(r, itemsize(report.dtype))
         w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS]
-                   + [csv_cell(_on(r, b)) for b in extra])
+                   + [csv_cell(_on(r, b)) for b in extra]
+                   + [csv_cell(d.get(f)) for f in _CSV_TRAIL])
+    w = _Padded(w, len(head))
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
                 report.flops, csv_cell(report.latency_ms)]
                + [csv_cell(report.backends[b].latency_ms) for b in extra])

@@ -20,7 +20,7 @@ EXPORT_FIELDS = ("label", "scope", "in_shapes", "dtype", "memory_format", "backe
                  "device", "device_name", "compute_capability", "driver", "torch", "cuda",
                  "cudnn", "onednn", "threads", "macs", "median_ms", "q1_ms", "q3_ms", "min_ms",
                  "max_ms", "n", "calls_per_sample", "converged", "graph_median_ms", "measured_at",
-                 "convcost", "key")
+                 "convcost", "key", "p10_ms", "p90_ms", "p99_ms", "pass")
 
 
 def _shapes(v: Any) -> str:
@@ -58,7 +58,11 @@ def cache_json(rows: list[dict[str, Any]], path: str,
     doc = {"schema_version": SCHEMA_VERSION, "tool": report_meta(), "latency_table": path,
            "conventions": {"median_ms": "median wall time per call in milliseconds",
                            "in_shapes": "input shapes with the batch dimension",
-                           "macs": "multiply-adds per call (fvcore convention)"},
+                           "macs": "multiply-adds per call (fvcore convention)",
+                           "p10_ms": "tail percentiles of the samples (each the mean of "
+                                     "calls_per_sample calls); null with too few samples",
+                           "pass": "inference (one forward) or training (forward + backward); "
+                                   "null: inference, stored by an older convcost"},
            "measurements": [{**{f: r.get(f) for f in EXPORT_FIELDS},
                              "signature": r.get("signature")} for r in rows],
            "pairs": [{f: p.get(f) for f in PAIR_FIELDS} for p in pairs or []]}

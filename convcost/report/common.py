@@ -68,6 +68,8 @@ def timing_cols(rows: list[Any], timed: bool, latency_footer: str = "",
     cols = []
     if timed:
         cols += [Col(label, "right", 75, latency_footer), Col("±IQR", "right", 35)]
+        if has_tails(rows):
+            cols += [Col("p90", "right", 24), Col("p99", "right", 18)]
     if roof:
         cols += [Col("TFLOP/s", "right", 15), Col("GB/s", "right", 12)]
     if peaks:
@@ -107,6 +109,18 @@ def iqr_cell(timing: KernelTiming | None) -> str:
     if m.rel_iqr is None:
         return "failed" if timing.failed else ""
     return f"{100 * m.rel_iqr:.1f}%{'' if m.converged else '!'}{' busy' if timing.busy else ''}"
+
+
+def has_tails(rows: list[Any]) -> bool:
+    """Some row's measurement has a p90 (10 samples or more): the p90 and p99 columns show."""
+    return any(r.timing is not None and r.timing.measurement.p90_ms is not None for r in rows)
+
+
+def tail_cells(timing: KernelTiming | None) -> list[str]:
+    """The p90 and p99 cells ('' where the measurement has too few samples for one)."""
+    m = timing.measurement if timing is not None else None
+    return [fmt_ms(v) if v is not None else "" for v in
+            ((m.p90_ms, m.p99_ms) if m is not None else (None, None))]
 
 
 def source_cell(timing: KernelTiming | None) -> str:

@@ -11,11 +11,13 @@ from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.report.common import (
     CONVENTION_LINE,
     csv_cell,
+    has_tails,
     iqr_cell,
     json_text,
     md_table,
     roof_cells,
     roofline_of,
+    tail_cells,
     timing_cols,
     timing_lines,
     to_console_text,
@@ -195,6 +197,7 @@ def _layer_table(report: CompareReport, v: _View,
              else f"convcost compare: {report.name}, per layer")
     all_rows = [r for lc in report.layers for r in lc.all_rows]
     tcols, roof, peaks = timing_cols(all_rows, v.timed, label=f"latency{v.suffix}")
+    tails = v.timed and has_tails(all_rows)
     cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
             if report.is_model else [])
     cols += [Col("variant", "left", 100), Col("params", "right", 62),
@@ -217,6 +220,7 @@ def _layer_table(report: CompareReport, v: _View,
                 cells = [lc.name if first else "", lc.layer.describe() if first else "", *cells]
             if v.timed:
                 cells += [_latency_cell(r.figure), iqr_cell(r.timing)]
+                cells += tail_cells(r.timing) if tails else []
             if roof:
                 cells += roof_cells(roofline_of(r.timing), peaks)
             if v.timed:
@@ -232,8 +236,10 @@ def _model_table(report: CompareReport, v: _View,
             Col("params", "right", 62), Col("MACs", "right", 88),
             Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
             Col("analytic (convs)", "right", 72)]
+    tails = v.timed and has_tails(_model_rows(report))
     if v.timed:
         cols += [Col(f"latency{v.suffix}", "right", 75), Col("±IQR", "right", 35),
+                 *([Col("p90", "right", 24), Col("p99", "right", 18)] if tails else []),
                  Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
     cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
     rows = []
@@ -244,6 +250,7 @@ def _model_table(report: CompareReport, v: _View,
                  fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
         if v.timed:
             cells += [_latency_cell(r.figure), iqr_cell(r.timing),
+                      *(tail_cells(r.timing) if tails else []),
                       "" if base else _ratio_cell(r.figure), *v.extra_cells(r, base)]
         rows.append(cells + v.tail(r, base))
     return fit_table(cols, rows, width=width,
@@ -390,7 +397,7 @@ def compare_dict(report: CompareReport) -> dict[str, Any]:
 _CMP_FIELDS = ["layer", "variant", "groups", "params", "macs", "flops", "ratio_params",
                "ratio_macs", "analytic_params", "analytic_macs", "formula", "latency_ms",
                "ratio_latency", "ratio_latency_lo", "ratio_latency_hi", "latency_source",
-               "skipped", "warnings"]
+               "skipped", "warnings", "latency_p10_ms", "latency_p90_ms", "latency_p99_ms"]
 
 
 _BACKEND_FIELDS = ["latency_ms", "ratio_latency", "ratio_latency_lo", "ratio_latency_hi",
@@ -400,6 +407,12 @@ _BACKEND_FIELDS = ["latency_ms", "ratio_latency", "ratio_latency_lo", "ratio_lat
 def _backend_cells(r: LatencyFigure) -> list[Any]:
     lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
     return [r.latency_ms, r.ratio_latency, lo, hi, r.latency_source]
+
+
+def _tails(timing: Any) -> list[Any]:
+    """p10, p90, p99 (ms) of a row's measurement, None where not known."""
+    m = timing.measurement if timing is not None else None
+    return [None, None, None] if m is None else [m.p10_ms, m.p90_ms, m.p99_ms]
 
 
 def compare_csv(report: CompareReport) -> str:
@@ -414,13 +427,13 @@ def compare_csv(report: CompareReport) -> str:
         w.writerow([csv_cell(v) for v in (
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
             r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
-            r.latency_source, r.skipped, "; ".join(r.warnings),
+            r.latency_source, r.skipped, "; ".join(r.warnings), *_tails(r.timing),
             *[c for b in extra for c in _backend_cells(r.on(b))])])
     for note in report.notes:  # convs left as they are (transposed, ...): listed, not dropped
         if note.startswith("not substituted: "):
             layer = note.removeprefix("not substituted: ").split(" ", 1)[0]
             w.writerow([layer, "not substituted", *[""] * 14,
-                        note.removeprefix("not substituted: "), "",
+                        note.removeprefix("not substituted: "), "", "", "", "",
                         *[""] * (len(extra) * len(_BACKEND_FIELDS))])
     return buf.getvalue()
 

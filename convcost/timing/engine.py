@@ -39,10 +39,11 @@ from convcost.timing.machine import MIN_WINDOW_S, Snapshot, gpu_state, snapshot,
 from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
+from convcost.timing.training import check_step, targets_of, train_step, training_mode
 
-MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT = (
+MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT, UNSUPPORTED = (
     Status.MEASURED, Status.CACHED, Status.SAME, Status.FAILED, Status.BUDGET,
-    Status.INTERRUPTED, Status.PENDING, Status.ABSENT)
+    Status.INTERRUPTED, Status.PENDING, Status.ABSENT, Status.UNSUPPORTED)
 CPU_MACS_PER_S = 3e10  # rough speeds, only to split the budget before a kernel's first call
 CUDA_MACS_PER_S = 2e13
 CALL_OVERHEAD_S = 2e-5
@@ -168,7 +169,8 @@ class TimingEngine:
     def key(self, k: Kernel) -> str:
         return kernel_key(k.signature, k.in_shapes, self.cfg.numerics, self.device,
                           inputs=k.example.key() if k.example is not None else None,
-                          backend=self._backend_id, cold=self.cfg.cold)
+                          backend=self._backend_id, cold=self.cfg.cold,
+                          pass_name=self.cfg.pass_name)
 
     def add_group(self, kernels: list[Kernel], *, paired: bool, label: str = "") -> list[str]:
         """Register kernels to time together; returns their keys (in order)."""
@@ -228,7 +230,9 @@ class TimingEngine:
                         q1_ms=row["q1_ms"], q3_ms=row["q3_ms"], min_ms=row["min_ms"],
                         max_ms=row["max_ms"], n=row["n"] or 0,
                         calls_per_sample=row["calls_per_sample"] or 1,
-                        converged=bool(row["converged"]), graph_median_ms=row["graph_median_ms"])
+                        converged=bool(row["converged"]), graph_median_ms=row["graph_median_ms"],
+                        p10_ms=row.get("p10_ms"), p90_ms=row.get("p90_ms"),
+                        p99_ms=row.get("p99_ms"))
         for (b, v), p in self.pairs.items():
             # a stored ratio only beside the stored figures it came with: when either kernel is
             # measured again, so is the ratio (from the same interleaved rounds)
@@ -258,13 +262,17 @@ class TimingEngine:
         if self.table_only:  # nothing is measured: what the table lacks stays absent
             self.abandon(ABSENT)
             return
+        if self.cfg.training and not self.runtime.trains:
+            self.abandon(UNSUPPORTED)
+            return
         todo = [g for g in self.groups if self._todo(g)]
         total = sum(len(self._todo(g)) for g in todo)
         self.progress.start(total, self.budget_s)
         t0 = time.perf_counter()
         deadline = t0 + self.budget_s if self.budget_s is not None else None
         try:
-            with numerics(self.cfg.numerics), torch.inference_mode():
+            grad = torch.enable_grad() if self.cfg.training else torch.inference_mode()
+            with numerics(self.cfg.numerics), grad:
                 for gi, g in enumerate(todo):
                     if deadline is not None and time.perf_counter() >= deadline:
                         self.budget_exhausted = True
@@ -409,30 +417,39 @@ class TimingEngine:
         stage = "preparing"
         try:
             m = prepare_module(k.module, self.cfg)
+            if self.cfg.training and k.scope == "model":
+                training_mode(m)
             if k.example is not None:  # any structure: tensors in, tensors out (FlatCall)
                 m, xs = structured_call(m, k.example, self.cfg)
             else:
                 xs = [inputs[tuple(s)] for s in k.in_shapes]
+            targets = (targets_of(m, xs, input_grads=k.scope != "model")
+                       if self.cfg.training else None)
             stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
+            fn = prepared.fn if targets is None else train_step(prepared.fn, targets)
             if self.runtime.reference:  # eager: nothing set up, nothing to check against
-                return Bench(prepared.fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
+                return Bench(fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
+            stage = "run"
+            out = fn()  # training: inductor compiles the backward on this first call
             setup = time.perf_counter() - t0
             self.setup_s += setup
             self._setups += 1
-            stage = "run"
-            out = prepared.fn()
             stage = "output check"
-            ref = m(*xs)
-            rel = backends.check_against_eager(out, ref, self.cfg.numerics.dtype)
-            del out, ref
+            if targets is None:
+                rel = backends.check_against_eager(out, m(*xs), self.cfg.numerics.dtype)
+            else:
+                ref = train_step(lambda: m(*xs), targets)()
+                rel = check_step(out, ref, fn.n_out, self.cfg.numerics.dtype)
+                del ref
+            del out
             r = self.results[key]
             r.setup_s = setup
             r.check = {"against": "eager", "max_rel_err": rel,
                        "tolerance": backends.tolerance(self.cfg.numerics.dtype),
                        **{k2: v for k2, v in prepared.detail.items() if isinstance(v, str)}}
-            return Bench(prepared.fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
+            return Bench(fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
         except KeyboardInterrupt:
             raise
         except backends.OutputMismatch as e:
@@ -495,7 +512,8 @@ class TimingEngine:
                 "min_ms": m.min_ms, "max_ms": m.max_ms, "n": m.n,
                 "calls_per_sample": m.calls_per_sample, "converged": m.converged,
                 "graph_median_ms": m.graph_median_ms, "measured_at": stamp,
-                "convcost": __version__}
+                "convcost": __version__, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms,
+                "p99_ms": m.p99_ms, "pass": self.cfg.pass_name}
 
     # -- summary ------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

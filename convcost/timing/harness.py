@@ -37,7 +37,7 @@ import torch
 from convcost.errors import first_line
 from convcost.figures import Measurement
 from convcost.timing.device import Numerics, numerics
-from convcost.timing.stats import rel_iqr, round_ratios, summarize
+from convcost.timing.stats import rel_iqr, round_ratios, summarize, tails
 
 GRAPH_THRESHOLD_MS = 0.020  # kernels faster than this also get a CUDA-graph figure
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -72,6 +72,11 @@ class TimingConfig:
     cuda_graph: bool = True
     burst_s: float = BURST_S
     threads_note: str = ""  # how --threads auto chose the count (reports only)
+    pass_name: str = "inference"  # inference (a forward) | training (forward + backward)
+
+    @property
+    def training(self) -> bool:
+        return self.pass_name == "training"
 
 
 def median_rse(values: Sequence[float]) -> float | None:
@@ -286,6 +291,7 @@ class Bench:
             return Measurement(error=self.error or "not measured",
                                stop="error" if self.error else (self.stop or "error"))
         med, q1, q3, lo, hi = summarize(self.samples)
+        p10, p90, p99 = tails(self.samples)
         why = self.stop_reason()
         stop = self.stop or why or ("error" if self.error else "cap")
         return Measurement(median_ms=med, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, min_ms=lo,
@@ -293,7 +299,8 @@ class Bench:
                            converged=why is not None, sampling_s=self.spent,
                            graph_median_ms=self.graph_ms, error=self.error,
                            rounds=len(self.round_values),
-                           median_rse=median_rse(self.round_values), stop=stop)
+                           median_rse=median_rse(self.round_values), stop=stop,
+                           p10_ms=p10, p90_ms=p90, p99_ms=p99)
 
 
 @dataclass

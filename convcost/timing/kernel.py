@@ -74,13 +74,17 @@ def fingerprint_for_key(fp: dict[str, Any]) -> dict[str, Any]:
 
 
 def kernel_key(signature: str, in_shapes: list[tuple[int, ...]], n: Numerics, fp: dict[str, Any],
-               *, backend: str = "eager", cold: bool = False, inputs: Any = None) -> str:
+               *, backend: str = "eager", cold: bool = False, inputs: Any = None,
+               pass_name: str = "inference") -> str:
     """Stable hex key of a measurement (the latency table's primary key); ``inputs``: the
-    structure of inputs that are not plain tensors (:meth:`convcost.inputs.Example.key`)."""
+    structure of inputs that are not plain tensors (:meth:`convcost.inputs.Example.key`);
+    ``pass_name``: training keys differ from inference ones (inference keys are as before)."""
     doc = {"sig": signature, "in": inputs if inputs is not None else [list(s) for s in in_shapes],
            "dtype": n.dtype,
            "memory_format": n.memory_format, "backend": backend, "cold": cold,
            "fp": fingerprint_for_key(fp)}
+    if pass_name != "inference":
+        doc["pass"] = pass_name
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 

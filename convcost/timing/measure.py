@@ -79,7 +79,7 @@ class TimingRun:
                          "timing") + "; interleaved rounds, paired ratios (median of per-round "
                          "ratios, bootstrap 95% interval); adaptive stop on IQR/median; each "
                          "unique kernel measured once",
-            "cold_l2": c.cold, "max_time_s": c.max_time_s, "min_samples": c.min_samples,
+            "pass": c.pass_name, "cold_l2": c.cold, "max_time_s": c.max_time_s, "min_samples": c.min_samples,
             "rel_iqr_target": c.rel_iqr, "interrupted": self.interrupted,
             "failures": self.failures, "unconverged": self.unconverged, "missing": self.missing,
             "not_measured_budget": self.over_budget, "undersampled": self.undersampled,

@@ -36,6 +36,21 @@ def summarize(samples: Sequence[float]) -> tuple[float, float, float, float, flo
     return med, q1, q3, s[0], s[-1]
 
 
+TAIL_MIN_SAMPLES = {10: 10, 90: 10, 99: 100}  # fewer samples: that percentile is not reported
+
+
+def tails(samples: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(p10, p90, p99) of samples, by linear interpolation (``statistics.quantiles``,
+    inclusive); each None below :data:`TAIL_MIN_SAMPLES` samples (a p99 of 20 samples would be
+    their maximum under another name)."""
+    n = len(samples)
+    if n < 2:
+        return None, None, None
+    q = statistics.quantiles(sorted(samples), n=100, method="inclusive")
+    return tuple(q[p - 1] if n >= TAIL_MIN_SAMPLES[p] else None  # type: ignore[return-value]
+                 for p in (10, 90, 99))
+
+
 def rel_iqr(samples: Sequence[float]) -> float | None:
     """IQR / median, or None with fewer than two samples or a zero median."""
     if len(samples) < 2:

@@ -16,6 +16,7 @@ class Status(str, Enum):
     BUDGET = "budget"  # the time budget ran out before it
     INTERRUPTED = "interrupted"
     ABSENT = "absent"  # not in the latency table, and the run measures nothing (--from-table)
+    UNSUPPORTED = "unsupported"  # the backend cannot run it (a backward on an inference runtime)
     PENDING = "pending"
 
     def __str__(self) -> str:  # the plain value in f-strings and CSV, on every Python
@@ -40,4 +41,5 @@ class Status(str, Enum):
 
 _MISSING = {Status.BUDGET: "not measured (budget)",
             Status.INTERRUPTED: "not measured (interrupted)",
-            Status.ABSENT: "not in the latency table"}
+            Status.ABSENT: "not in the latency table",
+            Status.UNSUPPORTED: "no training figure: this backend runs no backward"}

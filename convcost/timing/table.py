@@ -35,7 +35,10 @@ from convcost.errors import InputError
 from convcost.paths import cache_dir
 
 APPLICATION_ID = 0x43435454  # "CCTT": convcost timing table
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# columns added in schema 2 (a version-1 table gains them in place, its figures kept):
+# (name, SQL type); a row stored before has them NULL (no tail percentiles; pass inference)
+ADDED_V2 = (("p10_ms", "REAL"), ("p90_ms", "REAL"), ("p99_ms", "REAL"), ("pass", "TEXT"))
 FILE_NAME = "latency.sqlite"
 LOCK_TIMEOUT_S = 30.0
 
@@ -44,6 +47,9 @@ KERNEL_FIELDS = ("key", "label", "scope", "signature", "in_shapes", "dtype", "me
                  "torch", "cuda", "cudnn", "onednn", "threads", "macs", "median_ms", "q1_ms",
                  "q3_ms", "min_ms", "max_ms", "n", "calls_per_sample", "converged",
                  "graph_median_ms", "measured_at", "convcost")
+# stored, exported and imported when present; an export of an older convcost lacks them
+OPTIONAL_KERNEL_FIELDS = tuple(name for name, _ in ADDED_V2)
+PASSES = ("inference", "training")
 PAIR_FIELDS = ("base_key", "var_key", "ratio", "lo", "hi", "rounds", "measured_at")
 
 _SCHEMA = f"""
@@ -53,7 +59,7 @@ CREATE TABLE kernels (
     compute_capability TEXT, driver TEXT, torch TEXT, cuda TEXT, cudnn TEXT, onednn TEXT,
     threads INTEGER, macs INTEGER, median_ms REAL, q1_ms REAL, q3_ms REAL, min_ms REAL,
     max_ms REAL, n INTEGER, calls_per_sample INTEGER, converged INTEGER, graph_median_ms REAL,
-    measured_at TEXT, convcost TEXT);
+    measured_at TEXT, convcost TEXT, p10_ms REAL, p90_ms REAL, p99_ms REAL, pass TEXT);
 CREATE TABLE pairs (
     base_key TEXT, var_key TEXT, ratio REAL, lo REAL, hi REAL, rounds INTEGER, measured_at TEXT,
     PRIMARY KEY (base_key, var_key));
@@ -154,6 +160,11 @@ class LatencyTable:
             app = con.execute("PRAGMA application_id").fetchone()[0]
             ver = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if app == APPLICATION_ID and ver == 1 and {"kernels", "pairs"} <= tables:
+                for name, kind in ADDED_V2:  # schema 1 -> 2: new columns, figures kept
+                    con.execute(f"ALTER TABLE kernels ADD COLUMN {name} {kind}")
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                ver = SCHEMA_VERSION
             if app == APPLICATION_ID and ver == SCHEMA_VERSION and {"kernels", "pairs"} <= tables:
                 check = con.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
@@ -298,9 +309,9 @@ class LatencyTable:
         vals["in_shapes"] = json.dumps(vals.get("in_shapes"))
         vals["converged"] = int(bool(vals.get("converged")))
         vals["cold"] = int(bool(vals.get("cold")))
-        self._write(f"INSERT OR REPLACE INTO kernels ({', '.join(KERNEL_FIELDS)}) VALUES "
-                    f"({', '.join('?' * len(KERNEL_FIELDS))})",
-                    tuple(vals.get(f) for f in KERNEL_FIELDS))
+        fields = (*KERNEL_FIELDS, *OPTIONAL_KERNEL_FIELDS)
+        self._write(f"INSERT OR REPLACE INTO kernels ({', '.join(fields)}) VALUES "
+                    f"({', '.join('?' * len(fields))})", tuple(vals.get(f) for f in fields))
 
     def put_pair(self, base_key: str, var_key: str, ratio: float, lo: float, hi: float,
                  rounds: int, measured_at: str) -> None:
@@ -392,6 +403,9 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
         return f"macs is {str(d['macs'])[:20]}"
     if d.get("graph_median_ms") is not None and not _ms(d["graph_median_ms"]):
         return f"graph_median_ms is {str(d['graph_median_ms'])[:20]}"
+    why = _tails_problem(d)
+    if why:
+        return why
     try:
         shapes = json.loads(d["in_shapes"]) if isinstance(d.get("in_shapes"), str) else None
     except (ValueError, RecursionError):
@@ -399,6 +413,22 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
     if not isinstance(shapes, list) or not all(
             isinstance(s, list) and all(_count(x) for x in s) for s in shapes):
         return "in_shapes is not a list of shapes"
+    return None
+
+
+def _tails_problem(d: dict[str, Any]) -> str | None:
+    """Tail percentiles, when stored: finite, min <= p10 <= q1 and q3 <= p90 <= p99 <= max;
+    the pass one of :data:`PASSES`."""
+    for f in ("p10_ms", "p90_ms", "p99_ms"):
+        if d.get(f) is not None and not _ms(d[f]):
+            return f"{f} is {str(d[f])[:20]}"
+    chain = [d["min_ms"], d.get("p10_ms"), d["q1_ms"], d["q3_ms"], d.get("p90_ms"),
+             d.get("p99_ms"), d["max_ms"]]
+    known = [v for v in chain if v is not None]
+    if any(a > b * (1 + 1e-9) for a, b in zip(known, known[1:])):
+        return "tail percentiles out of order"
+    if d.get("pass") is not None and d["pass"] not in PASSES:
+        return f"pass is {str(d['pass'])[:20]!r}"
     return None
 
 
@@ -417,7 +447,8 @@ def imported_kernel_problem(d: Any) -> str | None:
         return f"missing {', '.join(missing[:4])}"
     if not isinstance(d["key"], str) or not _KEY.match(d["key"]):
         return "key is not 32 hexadecimal digits"
-    if any(isinstance(d[f], str) and len(d[f]) > MAX_TEXT for f in KERNEL_FIELDS):
+    if any(isinstance(d.get(f), str) and len(d[f]) > MAX_TEXT
+           for f in (*KERNEL_FIELDS, *OPTIONAL_KERNEL_FIELDS)):
         return f"a text field is longer than {MAX_TEXT} characters"
     if not isinstance(d["in_shapes"], list) or not isinstance(d["converged"], bool) or \
             not isinstance(d["cold"], bool):

@@ -53,6 +53,7 @@ class Backend:
     needs: tuple[str, ...] = ()
     cuda_graph: bool = False  # whether a CUDA-graph figure of its calls is meaningful
     reference: bool = False  # eager: what the others' outputs are checked against
+    trains: bool = False  # can run a backward (the training pass): eager, inductor
     devices: tuple[str, ...] = ("cpu", "cuda")
 
     def unavailable(self, device: str | None) -> str | None:

@@ -14,6 +14,7 @@ from convcost.timing.device import Numerics
 class Eager(Backend):
     name = "eager"
     cuda_graph = True
+    trains = True
     reference = True
 
     def info(self, n: Numerics) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def _cpp_compiler() -> str | None:
 class Inductor(Backend):
     name = "inductor"
     cuda_graph = True
+    trains = True
 
     def unavailable(self, device: str | None) -> str | None:
         if device is not None and device.startswith("cuda"):
