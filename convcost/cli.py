@@ -159,7 +159,7 @@ def compare(**o: Any) -> int:
     if o["source"] is None:
         layer, variants = jobs.builtin_layer(layer_request(o))
         result = isolation.call(jobs.run_compare_layer, layer, variants, timing, progress_for,
-                                isolate=False, label="the built-in layer")
+                                o["pass_name"], isolate=False, label="the built-in layer")
     else:
         result = isolation.call(jobs.run_compare, source_request(o), compare_request(o), timing,
                                 progress_for, isolate=jobs.needs_isolation(o["source"]),

@@ -222,10 +222,26 @@ def run_compare(src: SourceRequest, what: CompareRequest, timing: TimingRequest 
         text = _nothing_selected(e) if isinstance(e, NothingSelected) else str(e)
         raise InputError(f"{src.source}: {text}{why}") from e
     report.notes[:0] = loaded.notes
+    report = _with_costs(report, built, loaded.model, loaded.example, timing,
+                         _spec_dtype(loaded), src.pass_name)
     if timing is None:
         return JobResult(report)
     return _time_compare(report, built, timing, _spec_dtype(loaded), loaded.model,
                          loaded.example, progress)
+
+
+def _with_costs(report: Any, built: Any, model: Any, example: Any, timing: Any,
+                default_dtype: str, pass_name: str) -> Any:
+    """The comparison with memory figures at the timing's dtype (else the spec's) and, for the
+    training pass, the backward's MACs."""
+    from dataclasses import replace
+
+    from convcost.variants.compare import with_costs
+
+    dtype = timing.config(default_dtype).numerics.dtype if timing is not None else default_dtype
+    out = with_costs(report, built, model, example, dtype=dtype,
+                     training=pass_name == "training")
+    return replace(out, dtype=dtype, pass_name=pass_name)
 
 
 def _nothing_selected(e: Any) -> str:
@@ -241,14 +257,16 @@ def _nothing_selected(e: Any) -> str:
 
 
 def run_compare_layer(layer: Any, variants: list[Any], timing: TimingRequest | None,
-                      progress: ProgressFactory | None = None) -> JobResult:
+                      progress: ProgressFactory | None = None,
+                      pass_name: str = "inference") -> JobResult:
     """compare without a SOURCE: the variants of one standalone conv (no user code)."""
     from convcost.startup import settle
     from convcost.variants.compare import VariantCounter, compare_default
 
     settle()
     built = VariantCounter()
-    report = compare_default(layer, variants, built)
+    report = _with_costs(compare_default(layer, variants, built), built, None, None, timing,
+                         "fp32", timing.pass_name if timing is not None else pass_name)
     if timing is None:
         return JobResult(report)
     return _time_compare(report, built, timing, "fp32", None, None, progress)

@@ -329,7 +329,7 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
         notes.append(f"data-dependent: {dyn}; the count holds for these inputs' values only")
     rows = build_rows(model, records, counts)
     never = never_run(model, records, counts)
-    mp = model_pass(model, example, training=pass_name == "training",
+    mp = model_pass(model, example, training=pass_name == "training", dtype=dtype,
                     real_call=lambda: given or (as_call(make_inputs()) if make_inputs is not None
                                                 else example.make()))
     notes.extend(mp.notes)

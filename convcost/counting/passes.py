@@ -239,7 +239,8 @@ class _LiveBytes(TorchDispatchMode):
             del self.live[key]
 
 
-def peak_activation_bytes(model: nn.Module, call: Any, *, training: bool = False) -> int | None:
+def peak_activation_bytes(model: nn.Module, call: Any, *, training: bool = False,
+                          float_dtype: torch.dtype = torch.float32) -> int | None:
     """The peak bytes a forward of ``model`` on ``call`` (a :class:`convcost.inputs.Call` of
     meta tensors) holds in tensors it creates, on a meta copy (nothing allocated); with
     ``training``, in training mode with autograd on (saved activations stay). None when the
@@ -247,7 +248,7 @@ def peak_activation_bytes(model: nn.Module, call: Any, *, training: bool = False
     from convcost.timing.training import training_mode
 
     try:
-        m = copy.deepcopy(model).to("meta")
+        m = copy.deepcopy(model).to(device="meta", dtype=float_dtype)
         training_mode(m) if training else m.eval()
         own = {t.untyped_storage()._cdata for t in [*m.parameters(), *m.buffers(),
                                                      *call.tensors()]}
@@ -280,7 +281,7 @@ class ModelPass:
 
 
 def model_pass(model: nn.Module, example: Any, *, training: bool,
-               real_call: Callable[[], Any] | None = None) -> ModelPass:
+               real_call: Callable[[], Any] | None = None, dtype: str = "fp32") -> ModelPass:
     """Count a model's training step (forward + backward to its trainable parameters, in
     training mode with dropout off) on a meta copy, or on real tensors (``real_call()``, a
     Call) when meta tensors cannot run it; and its forward's peak activation memory (meta)."""
@@ -288,7 +289,10 @@ def model_pass(model: nn.Module, example: Any, *, training: bool,
     from convcost.timing.training import training_mode
 
     notes: list[str] = []
-    peak = peak_activation_bytes(model, example.on_meta(), training=training)
+    from convcost.timing.device import DTYPES
+
+    fd = DTYPES.get(dtype, torch.float32)
+    peak = peak_activation_bytes(model, example.on_meta(fd), training=training, float_dtype=fd)
     if peak is None:
         notes.append("peak activation memory not computed: the model does not run on meta "
                      "tensors (its work depends on values)")
@@ -308,3 +312,13 @@ def model_pass(model: nn.Module, example: Any, *, training: bool,
             err = first_line(e, 160)
     notes.append(f"backward MACs not counted: the training step failed ({err})")
     return ModelPass(None, peak, tuple(notes))
+
+
+def model_cost_row(model: nn.Module, example: Any, dtype: str,
+                   training: bool) -> tuple[int | None, dict[str, int | None]]:
+    """A whole model's (backward MACs, memory) for a report row at ``dtype``: weight bytes,
+    the pass's peak activation bytes (meta tensors)."""
+    mp = model_pass(model, example, training=training, dtype=dtype)
+    return (mp.backward.backward_macs if mp.backward is not None else None,
+            {"weight_bytes": sum(p.numel() for p in model.parameters()) * itemsize(dtype),
+             "peak_activation_bytes": mp.peak_activation_bytes})

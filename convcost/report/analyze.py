@@ -31,6 +31,7 @@ from convcost.report.common import (
 )
 from convcost.report.layout import Col, dropped_line, fit_table, rich_text
 from convcost.counting.passes import itemsize
+from convcost.timing.training import CONVENTION as TRAINING_CONVENTION
 from convcost.units import fmt_bytes, fmt_ms, human
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ def analysis_renderables(report: AnalysisReport, *, depth: int | None = None,
     if collapsed:
         out.append(rich_text(f"note: {collapsed}", style="yellow"))
     out.append(rich_text(pass_line(report)))
+    if report.pass_name == "training":
+        out.append(rich_text(f"pass {TRAINING_CONVENTION}"))
     out.extend(timing_lines(report.timing, report.device, report.latency_ms))
     out.extend(_backend_model_lines(report))
     out.extend(_warnings(report))

@@ -8,6 +8,8 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
+from convcost.counting.passes import BACKWARD_CONVENTION, MEMORY_CONVENTION
+from convcost.timing.training import CONVENTION as TRAINING_CONVENTION
 from convcost.report.common import (
     CONVENTION_LINE,
     csv_cell,
@@ -23,10 +25,10 @@ from convcost.report.common import (
     to_console_text,
 )
 from convcost.report.layout import Col, Notes, dropped_line, fit_table, rich_text
-from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME
+from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME, UNSUPPORTED
 from convcost.timing.stats import PairedRatio
 from convcost.timing.status import Status
-from convcost.units import fmt_ms, fmt_ratio, human
+from convcost.units import fmt_bytes, fmt_ms, fmt_ratio, human
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 
 COMPARE_CONVENTIONS = {
     **CONVENTIONS,
+    "memory": MEMORY_CONVENTION,
+    "backward_macs": BACKWARD_CONVENTION,
+    "pass": TRAINING_CONVENTION,
+    "latency_percentiles": "p10/p90/p99 of the samples (a CPU sample is the mean of "
+                           "calls_per_sample calls); p10/p90 need 10 samples, p99 100",
     "ratio": "variant / baseline (the layer or model as it is); counted by fvcore on real modules",
     "analytic": "closed-form ratio of weights and MACs (bias excluded, as the papers count)",
     "latency_ratio": "variant / baseline latency, paired: median of the per-round ratios of "
@@ -129,11 +136,12 @@ def _notes(row: CompareRow, backends: list[str | None] | None = None) -> list[st
             else:
                 text = f"{b}: {err}"
             notes.insert(0, text)
-        elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED) and b != names[0]:
+        elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED, UNSUPPORTED) \
+                and b != names[0]:
             notes.append(f"{b}: {_status_word(rb.latency_source)}")
     if row.latency_source == SAME:
         notes.insert(0, "same kernel as the original: not timed again")
-    elif row.latency_source in (BUDGET, INTERRUPTED):
+    elif row.latency_source in (BUDGET, INTERRUPTED, UNSUPPORTED):
         notes.insert(0, Status(row.latency_source).missing_text)
     elif row.latency_source == CACHED and row.cached_at:
         notes.append(f"cached {row.cached_at[:10]}")
@@ -203,7 +211,7 @@ def _layer_table(report: CompareReport, v: _View,
     cols += [Col("variant", "left", 100), Col("params", "right", 62),
              Col("MACs", "right", 88), Col("FLOPs", "right", 10),
              Col("params ratio", "right", 52), Col("analytic", "right", 72),
-             Col("formula", "left", 30), *tcols]
+             Col("formula", "left", 30), *_cost_cols(report, model=False), *tcols]
     if v.timed:
         cols += [Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
     cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
@@ -215,7 +223,8 @@ def _layer_table(report: CompareReport, v: _View,
         for r, label in _merged(lc.all_rows):
             first = r is lc.baseline
             cells = [label, human(r.params), human(r.macs), human(r.flops),
-                     fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or ""]
+                     fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or "",
+                     *_cost_cells(report, r, model=False)]
             if report.is_model:
                 cells = [lc.name if first else "", lc.layer.describe() if first else "", *cells]
             if v.timed:
@@ -229,13 +238,37 @@ def _layer_table(report: CompareReport, v: _View,
     return fit_table(cols, rows, width=width, title=title, sections=sections)
 
 
+_MEMORY_COLS = {False: (("weights", "weight_bytes", 14), ("output", "activation_bytes", 13),
+                        ("MAC", "access_bytes", 16)),
+                True: (("weights", "weight_bytes", 14),
+                       ("peak act.", "peak_activation_bytes", 15))}
+
+
+def _cost_cols(report: CompareReport, *, model: bool) -> list[Col]:
+    """bwd MACs (training pass) and the memory columns that some row has (layers: weights,
+    output, MAC; whole models: weights, peak activation memory)."""
+    rows = _model_rows(report) if model else [r for lc in report.layers for r in lc.all_rows]
+    cols = [Col("bwd MACs", "right", 57)] if report.pass_name == "training" else []
+    return cols + [Col(title, "right", prio) for title, key, prio in _MEMORY_COLS[model]
+                   if any(r.memory.get(key) is not None for r in rows)]
+
+
+def _cost_cells(report: CompareReport, r: CompareRow, *, model: bool) -> list[str]:
+    rows = _model_rows(report) if model else [x for lc in report.layers for x in lc.all_rows]
+    cells = [human(r.backward_macs) if r.backward_macs is not None else ""] \
+        if report.pass_name == "training" else []
+    return cells + [fmt_bytes(r.memory.get(key)) if r.memory.get(key) is not None else ""
+                    for _, key, _ in _MEMORY_COLS[model]
+                    if any(x.memory.get(key) is not None for x in rows)]
+
+
 def _model_table(report: CompareReport, v: _View,
                  width: int | None) -> tuple[RenderableType, list[str]]:
     """Whole-model rows: the model with each variant substituted for the selected convs."""
     cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
             Col("params", "right", 62), Col("MACs", "right", 88),
             Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
-            Col("analytic (convs)", "right", 72)]
+            Col("analytic (convs)", "right", 72), *_cost_cols(report, model=True)]
     tails = v.timed and has_tails(_model_rows(report))
     if v.timed:
         cols += [Col(f"latency{v.suffix}", "right", 75), Col("±IQR", "right", 35),
@@ -247,7 +280,8 @@ def _model_table(report: CompareReport, v: _View,
         base = r is report.model_baseline
         cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                  human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
-                 fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs)]
+                 fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs),
+                 *_cost_cells(report, r, model=True)]
         if v.timed:
             cells += [_latency_cell(r.figure), iqr_cell(r.timing),
                       *(tail_cells(r.timing) if tails else []),
@@ -310,6 +344,8 @@ def _footer(report: CompareReport) -> list[RichText]:
         on = f" ({first})" if first is not None else ""
         out.append(rich_text(f"whole model / the sum of its selected convs timed alone{on}: "
                         + "; ".join(parts)))
+    if report.pass_name == "training":
+        out.append(rich_text(f"pass {TRAINING_CONVENTION}"))
     out.extend(timing_lines(report.timing, report.device, None))
     noisy = [r.on(b) for r in _all_rows(report) for b in backend_names(report) if _noisy(r.on(b))]
     if noisy:
@@ -328,6 +364,8 @@ def _latency_cell(r: LatencyFigure) -> str:
     if r.latency_ms is None:
         if r.timing is not None and r.timing.error:
             return "failed"
+        if r.latency_source == UNSUPPORTED:
+            return "n/a"
         return "not measured" if r.latency_source in (BUDGET, INTERRUPTED) else "-"
     return fmt_ms(r.latency_ms)
 
@@ -341,7 +379,13 @@ def _row_dict(r: CompareRow) -> dict[str, Any]:
         "latency_ratio_ci": list(r.latency_ci) if r.latency_ci is not None else None,
         "latency_source": r.latency_source, "cached_at": r.cached_at,
         "formula": r.formula, "paper": r.paper, "skipped": r.skipped, "warnings": r.warnings,
+        "memory": dict(r.memory) or None,
     }
+    if r.backward_macs is not None:
+        d["backward_macs"] = r.backward_macs
+    if r.timing is not None:
+        m = r.timing.measurement
+        d["latency_percentiles_ms"] = {"p10": m.p10_ms, "p90": m.p90_ms, "p99": m.p99_ms}
     if r.timing is not None:
         d["timing"] = r.timing.to_dict()
         d["latency_busy"] = r.figure.busy
@@ -366,7 +410,8 @@ def compare_dict(report: CompareReport) -> dict[str, Any]:
     """The compare JSON contract (docs/json.md), plus extra fields."""
     d: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tool": report_meta(),
                          "source": report.source, "name": report.name,
-                         "conventions": COMPARE_CONVENTIONS, "dtype": report.dtype}
+                         "conventions": COMPARE_CONVENTIONS, "dtype": report.dtype,
+                         "pass": report.pass_name}
     if not report.is_model:
         lc = report.layers[0]
         d["layer"] = _layer_info(lc)
@@ -397,7 +442,9 @@ def compare_dict(report: CompareReport) -> dict[str, Any]:
 _CMP_FIELDS = ["layer", "variant", "groups", "params", "macs", "flops", "ratio_params",
                "ratio_macs", "analytic_params", "analytic_macs", "formula", "latency_ms",
                "ratio_latency", "ratio_latency_lo", "ratio_latency_hi", "latency_source",
-               "skipped", "warnings", "latency_p10_ms", "latency_p90_ms", "latency_p99_ms"]
+               "skipped", "warnings", "latency_p10_ms", "latency_p90_ms", "latency_p99_ms",
+               "backward_macs", "weight_bytes", "activation_bytes", "access_bytes",
+               "peak_activation_bytes"]
 
 
 _BACKEND_FIELDS = ["latency_ms", "ratio_latency", "ratio_latency_lo", "ratio_latency_hi",
@@ -428,12 +475,16 @@ def compare_csv(report: CompareReport) -> str:
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
             r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
             r.latency_source, r.skipped, "; ".join(r.warnings), *_tails(r.timing),
+            r.backward_macs, *[r.memory.get(k) for k in ("weight_bytes", "activation_bytes",
+                                                         "access_bytes",
+                                                         "peak_activation_bytes")],
             *[c for b in extra for c in _backend_cells(r.on(b))])])
     for note in report.notes:  # convs left as they are (transposed, ...): listed, not dropped
         if note.startswith("not substituted: "):
             layer = note.removeprefix("not substituted: ").split(" ", 1)[0]
             w.writerow([layer, "not substituted", *[""] * 14,
-                        note.removeprefix("not substituted: "), "", "", "", "",
+                        note.removeprefix("not substituted: "), "", "", "", "", "", "", "",
+                        "", "",
                         *[""] * (len(extra) * len(_BACKEND_FIELDS))])
     return buf.getvalue()
 

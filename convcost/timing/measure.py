@@ -210,6 +210,10 @@ def merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
                    "on_busy": "accept" if engines[0].store_busy else "withhold"}
     for e in engines[1:]:
         run.notices += [n for n in e.table.notices if n not in run.notices]
+    for e in engines:
+        if e.cfg.training and not e.runtime.trains:
+            run.notices.append(f"{e.backend} runs no backward: no training figures on it (the "
+                               "training pass runs on eager and inductor)")
     return run
 
 
@@ -276,6 +280,7 @@ def time_analysis(report: AnalysisReport, model: nn.Module, inputs: Any,
             rl = None
             if kr.median_ms is not None:
                 layer_ms[r.name] = kr.median_ms * r.calls
+            if kr.median_ms is not None and not e.cfg.training:  # forward FLOPs and bytes
                 rl = roofline(r.flops // max(1, r.calls), compulsory_bytes(
                     modules[r.name], r.in_shape, r.out_shape or [], e.cfg.numerics.dtype),
                     kr.median_ms, run.peaks, e.cfg.numerics.dtype)
@@ -413,7 +418,8 @@ def time_compare(report: CompareReport, engines: TimingEngine | Sequence[TimingE
                     name = f"{p.rows[0][1].layer} {r.label if i else ORIGINAL}"
                     _record(run, _tag(name, e, several), kr, key, seen)
                 roof = None
-                if p.layer is not None and kr.median_ms is not None and r.flops is not None:
+                if p.layer is not None and kr.median_ms is not None and r.flops is not None \
+                        and not e.cfg.training:  # the roofline is the forward's
                     dt = e.cfg.numerics.dtype
                     roof = roofline(r.flops, compulsory_bytes(m, p.layer.input_shape,
                                                               p.layer.output_shape, dt),

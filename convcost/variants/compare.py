@@ -71,6 +71,11 @@ class CompareRow(TimedRow):
     substituted: int | None = None  # model rows: how many selected convs were replaced
     kept: list[tuple[str, str]] = field(default_factory=list)  # model rows: (layer, why kept)
     backends: dict[str, LatencyFigure] = field(default_factory=dict)  # per backend, in run order
+    # training pass: the backward's MACs (a layer's with its input's gradient; a model's step)
+    backward_macs: int | None = None
+    # bytes at the report's dtype: weight_bytes; a layer's activation_bytes (its output) and
+    # access_bytes (ShuffleNet V2's memory access cost); a model's peak_activation_bytes
+    memory: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def ratio_latency(self) -> float | None:
@@ -136,6 +141,7 @@ class CompareReport:
     dtype: str = "fp32"
     device: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None  # the timing run's summary (docs/json.md)
+    pass_name: str = "inference"  # inference | training (what the timings and counts are of)
 
     @property
     def is_model(self) -> bool:
@@ -533,3 +539,42 @@ def _model_row(model: nn.Module, count_whole: Callable[[nn.Module], Any],
                             f"(e.g. {kept[0][0]}: {kept[0][1]})")
     return row
 
+
+
+def with_costs(report: CompareReport, built: VariantCounter, model: nn.Module | None,
+               inputs: Any, *, dtype: str, training: bool) -> CompareReport:
+    """A new report whose rows carry memory figures at ``dtype`` (and, ``training``, the
+    backward's MACs): each layer row's module on its input, on meta tensors; each whole-model
+    row's model (weights, the pass's peak activation memory, the training step's backward)."""
+    from convcost.counting.passes import itemsize, model_cost_row, module_cost
+
+    size = itemsize(dtype)
+
+    def layer_row(lc: LayerCompare, r: CompareRow) -> CompareRow:
+        if r.skipped:
+            return r
+        v = None if r.variant == ORIGINAL else Variant(r.variant, r.groups)
+        c = module_cost(built.module(lc.layer, v), [lc.layer.input_shape], backward=training)
+        if c is None:
+            return r
+        d = c.to_dict(size)
+        return replace(r, backward_macs=d.pop("backward_macs"), memory=d)
+
+    layers = [replace(lc, baseline=layer_row(lc, lc.baseline),
+                      rows=[layer_row(lc, r) for r in lc.rows]) for lc in report.layers]
+    out = replace(report, layers=layers)
+    if report.model_baseline is None or model is None or inputs is None:
+        return out
+    example = as_example(inputs)
+
+    def model_row(r: CompareRow, m: nn.Module | None) -> CompareRow:
+        if r.skipped or m is None:
+            return r
+        bwd, mem = model_cost_row(m, example, dtype, training)
+        return replace(r, backward_macs=bwd, memory=mem)
+
+    base = model_row(report.model_baseline, model)
+    rows = [model_row(r, None if r.skipped else built.models.get(Variant(r.variant, r.groups))
+                      or substitute(model, report.layers, Variant(r.variant, r.groups))[0])
+            for r in report.model_rows]
+    return replace(out, model_baseline=base, model_rows=rows)
