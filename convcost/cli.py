@@ -12,6 +12,7 @@ import click
 
 from convcost import __version__
 from convcost.cli_options import (
+    BatchesType,
     FiniteFloat,
     ShapeType,
     apply_option,
@@ -22,8 +23,10 @@ from convcost.cli_options import (
     plan_options,
     plan_request,
     plan_timing,
+    single_point,
     source_options,
     source_request,
+    sweep_points,
     timeout_option,
     timing_options,
     timing_request,
@@ -72,7 +75,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("source")
 @_format_options
-@click.option("--batch", type=click.IntRange(1, 1 << 20), help="Batch size (overrides the spec's).")
+@click.option("--batch", type=BatchesType(1 << 20),
+              help="Batch size (overrides the spec's); a comma list (1,8,32) counts and times "
+                   "at each size (a sweep).")
 @click.option("--input-shape", type=ShapeType(), help="Input shape B,C,H,W for a model "
               "(default 1,3,224,224); a spec declares its own.")
 @click.option("--depth", type=click.IntRange(0, 64), help="Collapse the table to the module "
@@ -87,16 +92,17 @@ def cli() -> None:
 @traceback_option
 def analyze(**o: Any) -> int:
     """Per-layer parameters, MACs and FLOPs of SOURCE (a YAML spec or a model)."""
-    from convcost import isolation, jobs
     from convcost.report.analyze import analysis_renderables, render_analysis
-    from convcost.report.progress import progress_for
 
     fmt = output_format(o["fmt"], o["output"], REPORT_FORMATS)
     check_outputs(output=o["output"], exported_spec=o["export_spec"], plot=o["plot"])
-    src, timing = source_request(o), timing_request(o)
-    result = isolation.call(jobs.run_analyze, src, timing, o["dtype"], progress_for,
-                            isolate=jobs.needs_isolation(o["source"]), label=o["source"],
-                            timeout_s=o["timeout"])
+    view = {"depth": o["depth"], "show_all": o["show_all"]}
+    points = sweep_points(o)
+    if len(points) > 1:
+        return _sweep(o, fmt, "analyze", points, _analyze_once,
+                      lambda r, w: analysis_renderables(r, **view, width=w),
+                      lambda r, f: render_analysis(r, f, **view))
+    result = _analyze_once(o)
     report = result.report
     if o["plot"] is not None:
         from convcost.report.plot import plot_analysis
@@ -105,10 +111,46 @@ def analyze(**o: Any) -> int:
         click.echo(f"wrote {o['plot']}", err=True)
     if o["export_spec"] is not None:
         _export_spec(report, o["export_spec"])
-    view = {"depth": o["depth"], "show_all": o["show_all"]}
     emit(fmt, o["output"], o["wide"], lambda w: analysis_renderables(report, **view, width=w),
          lambda f: render_analysis(report, f, **view))
     return run_status(result.run, o["output"])
+
+
+def _analyze_once(o: dict[str, Any]) -> Any:
+    """analyze's job for the options ``o`` (one point)."""
+    from convcost import isolation, jobs
+    from convcost.report.progress import progress_for
+
+    src, timing = source_request(o), timing_request(o)
+    return isolation.call(jobs.run_analyze, src, timing, o["dtype"], progress_for,
+                          isolate=jobs.needs_isolation(o["source"]), label=o["source"],
+                          timeout_s=o["timeout"])
+
+
+def _sweep(o: dict[str, Any], fmt: str, command: str, points: list[tuple[Any, Any]],
+           once: Any, each: Any, text: Any) -> int:
+    """A sweep: ``once`` per (batch, threads) point, each with its share of --time-budget;
+    one report with every point and the summary; the worst exit status of the points."""
+    import json
+
+    from convcost.report.sweep import SweepPoint, SweepReport, render_sweep, sweep_renderables
+
+    done = []
+    for batch, threads in points:
+        share = {**o, "batch": batch, "threads": threads,
+                 "time_budget": o["time_budget"] / len(points)}
+        result = once(share)
+        done.append(SweepPoint(batch, threads if isinstance(threads, int) else None,
+                               result.report, result.run))
+    sweep = SweepReport(command, done)
+    if o["plot"] is not None:
+        from convcost.report.plot import plot_sweep
+
+        click.echo(f"wrote {plot_sweep(sweep, o['plot'])}", err=True)
+    emit(fmt, o["output"], o["wide"], lambda w: sweep_renderables(sweep, each, w),
+         lambda f: render_sweep(sweep, f, lambda r: json.loads(text(r, "json")),
+                                lambda r: text(r, "markdown"), lambda r, w: each(r, w)))
+    return max(run_status(p.run, o["output"]) for p in done)
 
 
 def _export_spec(report: Any, path: Path) -> None:
@@ -149,32 +191,42 @@ def compare(**o: Any) -> int:
     --kernel, --size, --stride, --batch). With SOURCE (spec or model): every Conv2d (or those
     picked by --layers / --kernel-size), and the whole model with each variant substituted.
     """
-    from convcost import isolation, jobs
     from convcost.report.compare import compare_renderables, render_compare
-    from convcost.report.progress import progress_for
 
     fmt = output_format(o["fmt"], o["output"], REPORT_FORMATS)
     check_outputs(output=o["output"], plot=o["plot"])
-    timing = timing_request(o)
-    if o["source"] is None:
-        layer, variants = jobs.builtin_layer(layer_request(o))
-        result = isolation.call(jobs.run_compare_layer, layer, variants, timing, progress_for,
-                                o["pass_name"], isolate=False, label="the built-in layer")
-    else:
-        result = isolation.call(jobs.run_compare, source_request(o), compare_request(o), timing,
-                                progress_for, isolate=jobs.needs_isolation(o["source"]),
-                                label=o["source"], timeout_s=o["timeout"])
+    per_layer = not o["model_only"]
+    points = sweep_points(o)
+    if len(points) > 1:
+        return _sweep(o, fmt, "compare", points, _compare_once,
+                      lambda r, w: compare_renderables(r, per_layer=per_layer, width=w),
+                      lambda r, f: render_compare(r, f, per_layer=per_layer))
+    result = _compare_once(o)
     report = result.report
     if o["plot"] is not None:
         from convcost.report.plot import plot_compare
 
         plot_compare(report, o["plot"])
         click.echo(f"wrote {o['plot']}", err=True)
-    per_layer = not o["model_only"]
     emit(fmt, o["output"], o["wide"],
          lambda w: compare_renderables(report, per_layer=per_layer, width=w),
          lambda f: render_compare(report, f, per_layer=per_layer))
     return run_status(result.run, o["output"])
+
+
+def _compare_once(o: dict[str, Any]) -> Any:
+    """compare's job for the options ``o`` (one point)."""
+    from convcost import isolation, jobs
+    from convcost.report.progress import progress_for
+
+    timing = timing_request(o)
+    if o["source"] is None:
+        layer, variants = jobs.builtin_layer(layer_request(o))
+        return isolation.call(jobs.run_compare_layer, layer, variants, timing, progress_for,
+                              o["pass_name"], isolate=False, label="the built-in layer")
+    return isolation.call(jobs.run_compare, source_request(o), compare_request(o), timing,
+                          progress_for, isolate=jobs.needs_isolation(o["source"]),
+                          label=o["source"], timeout_s=o["timeout"])
 
 
 @cli.command()
@@ -193,6 +245,7 @@ def plan(**o: Any) -> int:
     from convcost.report.plan import plan_renderables, render_plan
     from convcost.report.progress import progress_for
 
+    single_point(o, "plan")
     plan_file, out = split_plan_output(o["output"])
     fmt = output_format(o["fmt"], out, REPORT_FORMATS)
     check_outputs(output=out, plan_file=plan_file, plot=o["plot"])

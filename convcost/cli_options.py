@@ -50,21 +50,49 @@ class FiniteFloat(click.FloatRange):
 
 
 class ThreadsType(click.ParamType):
-    """``--threads N`` (1-1024) or ``auto`` (the cores idle when the run starts) -> int or
-    "auto"."""
+    """``--threads N`` (1-1024), ``auto`` (the cores idle when the run starts) -> int or
+    "auto"; a sweep ``1,2,4`` -> a tuple of ints."""
 
-    name = "N|auto"
+    name = "N[,N...]|auto"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
-        if isinstance(value, int) or value == "auto":
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str | tuple[int, ...]:
+        if isinstance(value, (int, tuple)) or value == "auto":
             return value
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
-        if not text.isdigit() or not 1 <= int(text) <= 1024:
-            self.fail(f"{value!r} is not a thread count: use auto or an integer from 1 to "
-                      "1024", param, ctx)
-        return int(text)
+        parts = [p.strip() for p in text.split(",")]
+        if any(not p.isdigit() or not 1 <= int(p) <= 1024 for p in parts):
+            self.fail(f"{value!r} is not a thread count: use auto, an integer from 1 to 1024, "
+                      "or a comma list of them (a sweep: 1,2,4)", param, ctx)
+        out = tuple(dict.fromkeys(int(p) for p in parts))
+        if len(out) > MAX_SWEEP:
+            self.fail(f"{value!r}: at most {MAX_SWEEP} thread counts in one sweep", param, ctx)
+        return out[0] if len(out) == 1 else out
+
+
+MAX_SWEEP = 16  # points of a --batch or --threads sweep
+
+
+class BatchesType(click.ParamType):
+    """``--batch 8`` -> 8; a sweep ``1,8,32`` -> (1, 8, 32) (distinct, in order)."""
+
+    name = "N[,N...]"
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | tuple[int, ...]:
+        if isinstance(value, (int, tuple)):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if any(not p.isdigit() or not 1 <= int(p) <= self.high for p in parts):
+            self.fail(f"{value!r} is not a batch size: use an integer from 1 to {self.high}, "
+                      "or a comma list of them (a sweep: 1,8,32)", param, ctx)
+        out = tuple(dict.fromkeys(int(p) for p in parts))
+        if len(out) > MAX_SWEEP:
+            self.fail(f"{value!r}: at most {MAX_SWEEP} batch sizes in one sweep", param, ctx)
+        return out[0] if len(out) == 1 else out
 
 
 class GroupsType(click.ParamType):
@@ -184,7 +212,8 @@ def timing_options(f: Callable) -> Callable:
                      help="Memory format (default: channels-last for fp16/bf16 on CUDA)."),
         click.option("--threads", type=ThreadsType(), default="auto", show_default=True,
                      help="CPU threads for timing: auto uses torch's default less the cores "
-                          "other tasks are using when the run starts (and says so), or N."),
+                          "other tasks are using when the run starts (and says so), or N; a "
+                          "comma list (1,2) times every figure at each count (a sweep)."),
         click.option("--cold", is_flag=True,
                      help="Flush the caches (L2 on CUDA) before each timed call."),
         click.option("--max-time", type=FiniteFloat(0.001, 3600), default=1.0,
@@ -274,8 +303,9 @@ def candidate_options(f: Callable) -> Callable:
                      default="grouped,depthwise,separable", show_default=True,
                      help="Variants: dense, grouped, depthwise, separable, pointwise-grouped, "
                           "shuffle, gdc, or 'all'."),
-        click.option("--batch", type=click.IntRange(1, 1 << 16),
-                     help="Batch size (built-in layer: 32; overrides a spec's)."),
+        click.option("--batch", type=BatchesType(1 << 16),
+                     help="Batch size (built-in layer: 32; overrides a spec's); a comma list "
+                          "(1,8,32) counts and times every figure at each size (a sweep)."),
         click.option("--input-shape", type=ShapeType(), help="Input shape B,C,H,W for a model."),
         click.option("--layers", "layer_globs", multiple=True, metavar="GLOB",
                      help="Only convs whose qualified name matches GLOB (repeatable, or comma "
@@ -418,3 +448,23 @@ def compare_request(o: dict[str, Any]) -> Any:
                          "describes the built-in layer; with a SOURCE the layers come from it")
     return CompareRequest(o["variant_names"], o["groups"], layer_globs(o), o["kernel_sizes"] or (),
                           not o["no_model"])
+
+
+def sweep_points(o: dict[str, Any]) -> list[tuple[int | None, Any]]:
+    """The (batch, threads) points of a sweep, threads outermost; one point without a sweep.
+    A thread sweep times: refused with --no-time; plan takes one point."""
+    batches = o["batch"] if isinstance(o["batch"], tuple) else (o["batch"],)
+    threads = o["threads"] if isinstance(o["threads"], tuple) else (o["threads"],)
+    if len(threads) > 1 and not o["do_time"]:
+        raise InputError(f"--threads {','.join(map(str, threads))} is a timing sweep: drop "
+                         "--no-time")
+    return [(b, t) for t in threads for b in batches]
+
+
+def single_point(o: dict[str, Any], command: str) -> None:
+    """Commands without sweeps (plan) refuse a list of batch sizes or thread counts."""
+    for name in ("batch", "threads"):
+        if isinstance(o.get(name), tuple):
+            what = "batch size" if name == "batch" else "thread count"
+            raise InputError(f"--{name} {','.join(map(str, o[name]))}: {command} takes one "
+                             f"{what}; sweeps are for analyze and compare")

@@ -351,10 +351,18 @@ def run_check(check: Any, measure_latency: bool, max_time_s: float,
     phase("counting the model")
     a = analyze_model(loaded.model, loaded.example,
                       make_inputs=lambda: loaded.inputs, estimated_macs=loaded.estimated_macs,
-                      source=check.model, name=check.name)
+                      source=check.model, name=check.name, dtype=check.dtype,
+                      pass_name=check.pass_name)
+    from convcost.counting.passes import itemsize
+
     metrics: dict[str, Any] = {"params": a.params, "macs": a.macs, "paper_macs": a.paper_macs,
                                "flops": a.flops, "latency_ms": None, "model": check.model,
-                               "input_shapes": a.input_shapes}
+                               "input_shapes": a.input_shapes,
+                               "weight_memory": a.params * itemsize(check.dtype),
+                               "activation_memory": a.peak_activation_bytes, "pass": a.pass_name}
+    if a.peak_activation_bytes is None:
+        metrics["activation_memory_failed"] = ("the peak activation memory is computed on meta "
+                                               "tensors, and this model does not run on them")
     if check.latency is not None:
         metrics.update(_check_latency(check, loaded, a.macs, measure_latency, max_time_s,
                                       memory_check, on_busy))
@@ -403,11 +411,17 @@ def _time_check_model(check: Any, model: Any, example: Any, macs: int,
     """One fresh measurement of a check's model: its figure (``machine_busy`` says why the
     machine was busy, if it was) or ``latency_failed``."""
     from convcost.timing.kernel import Kernel
+    from convcost.timing.stats import TAIL_MIN_SAMPLES
 
     lat = check.latency
+    from dataclasses import replace
+
     timing = TimingRequest(device, lat.dtype, None, None, False, max_time_s, None,
-                           use_table=False, backends=(lat.backend,))
-    (engine,) = timing.engines(timing.config(), _NullProgress())
+                           use_table=False, backends=(lat.backend,), pass_name=lat.pass_name)
+    cfg = timing.config()
+    if "latency_p99" in check.limits or "latency_p99" in check.regression:
+        cfg = replace(cfg, min_samples=max(cfg.min_samples, TAIL_MIN_SAMPLES[99]))
+    (engine,) = timing.engines(cfg, _NullProgress())
     (key,) = engine.add_group([Kernel(model, example, None, macs, f"model {check.name}",
                                       "model")], paired=False)
     engine.run()
@@ -418,11 +432,17 @@ def _time_check_model(check: Any, model: Any, example: Any, macs: int,
     if meas is None or meas.median_ms is None:
         return {"latency_failed": f"timing failed: {kr.error or 'not measured'}"}
     out: dict[str, Any] = {
-        "latency_ms": meas.median_ms,
-        "latency": {"device": lat.device, "dtype": lat.dtype, "iqr_ms": meas.iqr_ms,
-                    "n": meas.n, "converged": meas.converged,
+        "latency_ms": meas.median_ms, "latency_p90_ms": meas.p90_ms,
+        "latency_p99_ms": meas.p99_ms,
+        "latency": {"device": lat.device, "dtype": lat.dtype, "pass": lat.pass_name,
+                    "iqr_ms": meas.iqr_ms, "n": meas.n, "converged": meas.converged,
+                    "p10_ms": meas.p10_ms, "p90_ms": meas.p90_ms, "p99_ms": meas.p99_ms,
                     "backend": engine.backend_info, "setup_s": kr.setup_s,
                     "machine": kr.machine.to_dict() if kr.machine else None}}
+    for p in (90, 99):
+        if getattr(meas, f"p{p}_ms") is None:
+            out[f"latency_p{p}_failed"] = (f"{meas.n} samples: a p{p} needs "
+                                           f"{TAIL_MIN_SAMPLES[p]} (raise --max-time)")
     if kr.machine is not None and kr.machine.busy:
         out["machine_busy"] = "; ".join(kr.machine.why)
     return out

@@ -16,10 +16,13 @@ from typing import Any
 from convcost.errors import BudgetFileError, InputError
 from convcost.sources.lines import FileValidator
 from convcost.sources.yamlio import load_yaml_file
-from convcost.units import parse_count, parse_duration_ms, parse_percent
+from convcost.units import parse_bytes, parse_count, parse_duration_ms, parse_percent
 
 BUDGET_VERSION = 1
-METRICS = ("params", "macs", "paper_macs", "flops", "latency")
+METRICS = ("params", "macs", "paper_macs", "flops", "latency", "latency_p90", "latency_p99",
+           "activation_memory", "weight_memory")
+LATENCY_METRICS = ("latency", "latency_p90", "latency_p99")  # ms, measured
+MEMORY_METRICS = ("activation_memory", "weight_memory")  # bytes, counted
 LEVELS = ("error", "warn")
 DROP_NOTICE = 0.10  # a metric 10% or more below its baseline: time to tighten the budget
 
@@ -45,6 +48,7 @@ class LatencyTarget:
     dtype: str = "fp32"
     batch: int | None = None
     backend: str = "eager"
+    pass_name: str = "inference"  # inference | training (forward + backward)
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Check:
     key: str
     model_args: dict[str, Any] = field(default_factory=dict)
     apply: tuple[str, Any] | None = None  # (path, PlanFile): a plan substituted first
+    dtype: str = "fp32"  # of the memory figures (the latency limit's, else the defaults')
+    pass_name: str = "inference"  # of the activation memory and latency figures
 
 
 UNMEASURED_POLICIES = ("error", "warn", "skip")
@@ -130,14 +136,24 @@ def _quantity(p: BudgetParser, metric: str, v: Any, node: Any, key: str, where: 
                 return parse_percent(v), True
             if isinstance(v, str):
                 v = v.strip().lstrip("+")
-            return (parse_duration_ms(v) if metric == "latency" else parse_count(v)), False
-        return (parse_duration_ms(v) if metric == "latency" else parse_count(v)), False
+            return _parse(metric, v), False
+        return _parse(metric, v), False
     except ValueError as e:
         if regression:
-            amount = "'+2 ms'" if metric == "latency" else "'+0.5M'"
+            amount = ("'+2 ms'" if metric in LATENCY_METRICS else
+                      "'+4MiB'" if metric in MEMORY_METRICS else "'+0.5M'")
             raise p.err(f"bad quantity {v!r} for {metric}: use a percentage such as '+5%' or an "
                         f"amount such as {amount}", node, key, where) from e
         raise p.err(f"bad quantity {v!r} for {metric}: {e}", node, key, where) from e
+
+
+def _parse(metric: str, v: Any) -> float:
+    """A limit's value in the metric's unit: ms for latencies, bytes for memory, else a count."""
+    if metric in LATENCY_METRICS:
+        return parse_duration_ms(v)
+    if metric in MEMORY_METRICS:
+        return parse_bytes(v)
+    return parse_count(v)
 
 
 def _limits(p: BudgetParser, d: Any, where: str, *, regression: bool = False,
@@ -147,8 +163,8 @@ def _limits(p: BudgetParser, d: Any, where: str, *, regression: bool = False,
     for metric, spec in d.items():
         w = f"{where}.{metric}"
         if isinstance(spec, dict):
-            extra = (("device", "dtype", "batch", "backend") if metric == "latency" and not regression
-                     else ())
+            extra = (("device", "dtype", "batch", "backend", "pass")
+                     if metric == "latency" and not regression else ())
             p.keys(spec, (*LEVELS, *extra), w)
             items = [(lv, spec[lv]) for lv in LEVELS if lv in spec]
             if not items:
@@ -210,7 +226,7 @@ def load_budget(path: str | Path) -> Budget:
         raise p.err(f"'version' must be {BUDGET_VERSION} (got {data.get('version')!r})", data,
                     "version" if "version" in data else None)
     defaults = data.get("defaults") or {}
-    p.keys(defaults, ("input", "device", "dtype", "batch", "backend"), "defaults")
+    p.keys(defaults, ("input", "device", "dtype", "batch", "backend", "pass"), "defaults")
     checks_raw = data.get("checks")
     if not isinstance(checks_raw, list) or not checks_raw:
         raise p.err(f"'checks' must be a non-empty list; {MINIMAL_EXAMPLE}", data,
@@ -254,10 +270,15 @@ def _parse_check(p: BudgetParser, c: Any, where: str, defaults: dict[str, Any],
     if not (limits or regression or layers):
         raise p.err("has no 'limits', 'layers' or 'regression': nothing to check", c, None, where)
     lat = None
-    if "latency" in limits or "latency" in regression:
+    if any(m in limits or m in regression for m in LATENCY_METRICS):
         lat = _latency_target(p, c, where, defaults)
+    dtype = lat.dtype if lat is not None else str(defaults.get("dtype", "fp32"))
+    pass_name = lat.pass_name if lat is not None else str(defaults.get("pass", "inference"))
+    if pass_name not in ("inference", "training"):
+        raise p.err(f"pass {pass_name!r}; use inference or training", defaults, "pass",
+                    "defaults")
     return Check(name, _resolve_model(model, p.path), inp, limits, regression, layers, lat,
-                 where, dict(margs), _plan(p, c, where))
+                 where, dict(margs), _plan(p, c, where), dtype, pass_name)
 
 
 def _plan(p: BudgetParser, c: Any, where: str) -> tuple[str, Any] | None:
@@ -303,8 +324,12 @@ def _latency_target(p: BudgetParser, c: Any, where: str,
     lat = LatencyTarget(device=str(src.get("device", defaults.get("device", "cpu"))),
                         dtype=str(src.get("dtype", defaults.get("dtype", "fp32"))),
                         batch=src.get("batch", defaults.get("batch")),
-                        backend=str(src.get("backend", defaults.get("backend", "eager"))))
+                        backend=str(src.get("backend", defaults.get("backend", "eager"))),
+                        pass_name=str(src.get("pass", defaults.get("pass", "inference"))))
     lw = f"{where}.limits.latency"
+    if lat.pass_name not in ("inference", "training"):
+        raise p.err(f"latency pass {lat.pass_name!r}; use inference or training", src or c,
+                    "pass", lw)
     if lat.dtype not in ("fp32", "tf32", "fp16", "bf16"):
         raise p.err(f"latency dtype {lat.dtype!r}; use fp32, tf32, fp16 or bf16", src or c,
                     "dtype", lw)
@@ -326,6 +351,9 @@ def _check_backend(p: BudgetParser, lat: LatencyTarget, node: Any, where: str) -
     if lat.backend not in BACKENDS:
         raise p.err(f"latency backend {lat.backend!r}; use one of {', '.join(BACKENDS)}",
                     node, "backend", where)
+    if lat.pass_name == "training" and not BACKENDS[lat.backend].trains:
+        raise p.err(f"latency backend {lat.backend!r} runs no backward: a training latency "
+                    "is measured on eager or inductor", node, "backend", where)
     try:  # a CUDA limit on a machine without CUDA is skipped later, not refused here
         parse_backends(lat.backend, lat.device if lat.device == "cpu" else None,
                        what="backend")

@@ -43,8 +43,8 @@ def run_budget(budget: Budget, *, measure_latency: bool = True, update_baseline:
             report.not_checked = [c.name for c in budget.checks[i:]]
             break
         report.metrics[check.name] = {k: v for k, v in m.metrics.items()
-                                      if k not in ("latency_skip", "latency_failed",
-                                                   "latency_busy")}
+                                      if not k.endswith("_failed")
+                                      and k not in ("latency_skip", "latency_busy")}
         evaluate_check(check, m.metrics, m.layers, baseline, bpath, report, update_baseline,
                        budget.on_unmeasured)
     return report

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from convcost.check.budget_file import DROP_NOTICE, Check, Limit
-from convcost.units import fmt_ms, human
+from convcost.units import fmt_bytes, fmt_ms, human
 
 
 @dataclass
@@ -73,8 +73,10 @@ class BudgetReport:
 def fmt_metric(metric: str, v: float | None) -> str:
     if v is None:
         return "-"
-    if metric == "latency":
+    if metric.startswith("latency"):
         return fmt_ms(v)
+    if metric.endswith("_memory"):
+        return fmt_bytes(v)
     return human(v)
 
 
@@ -134,19 +136,26 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
     """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
     values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
               "paper_macs": metrics.get("paper_macs"),
-              "flops": metrics.get("flops"), "latency": metrics.get("latency_ms")}
+              "flops": metrics.get("flops"), "latency": metrics.get("latency_ms"),
+              "latency_p90": metrics.get("latency_p90_ms"),
+              "latency_p99": metrics.get("latency_p99_ms"),
+              "activation_memory": metrics.get("activation_memory"),
+              "weight_memory": metrics.get("weight_memory")}
     for metric, lims in check.limits.items():
         v = values[metric]
-        if v is None and metrics.get(f"{metric}_failed"):
-            report.results.append(_unmeasured(check, metric, lims[0],
-                                              metrics[f"{metric}_failed"], on_unmeasured, report))
+        failed = metrics.get(f"{metric}_failed") or (
+            metric.startswith("latency_p") and metrics.get("latency_failed"))
+        if v is None and failed:
+            report.results.append(_unmeasured(check, metric, lims[0], failed, on_unmeasured,
+                                              report))
             continue
         if v is None:
             report.results.append(Verdict(check.name, metric, "model", None, lims[0], "skip",
-                                         message=metrics.get("latency_skip", "not measured")))
+                                         message=metrics.get("latency_skip", "not measured")
+                                         if metric.startswith("latency") else "not counted"))
             continue
         verdict = _judge(check.name, metric, "model", v, lims)
-        if metric == "latency" and metrics.get("latency_busy"):  # on_busy: accept
+        if metric.startswith("latency") and metrics.get("latency_busy"):  # on_busy: accept
             verdict.message = "; ".join(x for x in (verdict.message, metrics["latency_busy"])
                                         if x)
             report.notices.append(f"{check.name}: latency judged although {metrics['latency_busy']}")
@@ -164,7 +173,7 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
     base = ((baseline or {}).get("checks") or {}).get(check.name)
     for metric, lims in check.regression.items():
         v = values[metric]
-        bkey = "latency_ms" if metric == "latency" else metric
+        bkey = f"{metric}_ms" if metric.startswith("latency") else metric
         b = (base or {}).get(bkey)
         if v is None and metrics.get(f"{metric}_failed") and not updating:
             report.results.append(_unmeasured(check, metric, lims[0],

@@ -27,6 +27,7 @@ import copy
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -307,7 +308,8 @@ def model_pass(model: nn.Module, example: Any, *, training: bool,
             call = example.on_meta() if where == "meta" else real_call()
             params = [p for p in m.parameters() if p.requires_grad]
             with torch.enable_grad():
-                return ModelPass(count_pass(m, lambda: call.run(m), params), peak, tuple(notes))
+                return ModelPass(count_pass(m, partial(call.run, m), params), peak,
+                                 tuple(notes))
         except Exception as e:  # meta cannot run it: on real tensors; they fail too: a note
             err = first_line(e, 160)
     notes.append(f"backward MACs not counted: the training step failed ({err})")

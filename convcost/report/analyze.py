@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, AnalysisReport, LayerRow, report_meta
 from convcost.counting.counters import COUNTER_TEXT, FVCORE
+from convcost.counting.passes import itemsize
 from convcost.figures import timing_dict
 from convcost.report.common import (
     CONVENTION_LINE,
@@ -21,16 +22,15 @@ from convcost.report.common import (
     md_table,
     pct,
     roof_cells,
-    tail_cells,
     roofline_of,
     shape_str,
     source_cell,
+    tail_cells,
     timing_cols,
     timing_lines,
     to_console_text,
 )
 from convcost.report.layout import Col, dropped_line, fit_table, rich_text
-from convcost.counting.passes import itemsize
 from convcost.timing.training import CONVENTION as TRAINING_CONVENTION
 from convcost.units import fmt_bytes, fmt_ms, human
 
@@ -151,20 +151,19 @@ def _pass_cols(report: AnalysisReport) -> list[Col]:
     cols = []
     if report.pass_name == "training":
         cols.append(Col("bwd MACs", "right", 58, human(report.backward_macs)))
-    return cols + [Col("weights", "right", 14, fmt_bytes(report.params * size)),
-                   Col("output", "right", 13,
-                       f"peak {fmt_bytes(report.peak_activation_bytes)}"
-                       if report.peak_activation_bytes is not None else ""),
-                   Col("MAC", "right", 16, fmt_bytes(sum(a for a in acc if a)))]
+    peak = report.peak_activation_bytes
+    return [*cols, Col("weights", "right", 14, fmt_bytes(report.params * size)),
+            Col("output", "right", 13, f"peak {fmt_bytes(peak)}" if peak is not None else ""),
+            Col("MAC", "right", 16, fmt_bytes(sum(a for a in acc if a)))]
 
 
 def _pass_cells(report: AnalysisReport, r: LayerRow) -> list[str]:
     mem = r.memory(itemsize(report.dtype))
     cells = [human(r.backward_macs) if r.backward_macs is not None else ""] \
         if report.pass_name == "training" else []
-    return cells + [fmt_bytes(mem["weight_bytes"]) if r.params else "",
-                    fmt_bytes(mem["activation_bytes"]), fmt_bytes(mem["access_bytes"])
-                    if mem["access_bytes"] is not None else ""]
+    access = mem["access_bytes"]
+    return [*cells, fmt_bytes(mem["weight_bytes"]) if r.params else "",
+            fmt_bytes(mem["activation_bytes"]), fmt_bytes(access) if access is not None else ""]
 
 
 def pass_line(report: AnalysisReport) -> str:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from convcost.counting.analysis import CONVENTIONS, SCHEMA_VERSION, report_meta
 from convcost.counting.passes import BACKWARD_CONVENTION, MEMORY_CONVENTION
-from convcost.timing.training import CONVENTION as TRAINING_CONVENTION
 from convcost.report.common import (
     CONVENTION_LINE,
     csv_cell,
@@ -28,6 +27,7 @@ from convcost.report.layout import Col, Notes, dropped_line, fit_table, rich_tex
 from convcost.timing.engine import BUDGET, CACHED, INTERRUPTED, SAME, UNSUPPORTED
 from convcost.timing.stats import PairedRatio
 from convcost.timing.status import Status
+from convcost.timing.training import CONVENTION as TRAINING_CONVENTION
 from convcost.units import fmt_bytes, fmt_ms, fmt_ratio, human
 
 if TYPE_CHECKING:

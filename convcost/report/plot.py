@@ -210,3 +210,47 @@ def check_plot_path(path: Path) -> None:
         raise InputError(f"--plot {path}: plots are PNG images; use a name ending in .png")
     check_destination(path, "plot")
     _plt()
+
+
+def plot_sweep(sweep: Any, path: Path) -> Path:
+    """A sweep: compare draws each variant's latency ratio (with its 95% interval) against the
+    batch, one line per variant and thread count, the MAC ratio dotted in the same colour;
+    analyze draws the whole model's latency per sample against the batch."""
+    from convcost.report.sweep import summary_rows
+
+    plt = _plt()
+    rows = [d for d in summary_rows(sweep) if d["batch"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for d in rows:
+        series.setdefault((d["row"], d["threads"]), []).append(d)
+    compare = sweep.command == "compare"
+    for (label, threads), pts in series.items():
+        pts = sorted(pts, key=lambda d: d["batch"])
+        key = "latency_ratio" if compare else "latency_per_sample_ms"
+        pts = [d for d in pts if d[key] is not None]
+        if not pts or (compare and all(d[key] == 1.0 for d in pts)):
+            continue  # the baseline's ratio is 1 by definition
+        xs = [d["batch"] for d in pts]
+        ys = [d[key] for d in pts]
+        name = label + (f", {threads} thr" if len({t for _, t in series}) > 1 else "")
+        if compare:
+            lo = [y - (d["latency_ratio_ci"] or [y, y])[0] for y, d in zip(ys, pts, strict=True)]
+            hi = [(d["latency_ratio_ci"] or [y, y])[1] - y for y, d in zip(ys, pts, strict=True)]
+            line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=name)
+            ax.plot(xs, [d["macs_ratio"] for d in pts], ":", color=line[0].get_color())
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    if compare:
+        ax.axhline(1.0, color="lightgrey", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency / original (dotted: MACs / original)")
+    else:
+        ax.set_ylabel("latency per sample (ms)")
+    ax.legend(fontsize=8)
+    title = f"{sweep.name}: {'latency ratio' if compare else 'latency'} against the batch"
+    pass_name = getattr(sweep.points[0].report, "pass_name", "inference")
+    ax.set_title(f"{title} ({pass_name})")
+    return _save(fig, plt, path, title)

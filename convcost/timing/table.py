@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import json
 import math
 import re
@@ -425,7 +426,7 @@ def _tails_problem(d: dict[str, Any]) -> str | None:
     chain = [d["min_ms"], d.get("p10_ms"), d["q1_ms"], d["q3_ms"], d.get("p90_ms"),
              d.get("p99_ms"), d["max_ms"]]
     known = [v for v in chain if v is not None]
-    if any(a > b * (1 + 1e-9) for a, b in zip(known, known[1:])):
+    if any(a > b * (1 + 1e-9) for a, b in itertools.pairwise(known)):
         return "tail percentiles out of order"
     if d.get("pass") is not None and d["pass"] not in PASSES:
         return f"pass is {str(d['pass'])[:20]!r}"
