@@ -240,8 +240,10 @@ def _as_phone(doc: dict) -> dict:
 
     for m in doc["measurements"]:
         m.update(device_name="Phone X", threads=4, key=key(m["key"]))
-        for f in ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms"):
-            m[f] *= 3
+        for f in ("median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "p10_ms", "p90_ms",
+                  "p99_ms"):
+            if m.get(f) is not None:
+                m[f] *= 3
     for p in doc["pairs"]:
         p.update(base_key=key(p["base_key"]), var_key=key(p["var_key"]))
     return doc
