@@ -17,8 +17,6 @@ from convcost.cli_options import (
     ShapeType,
     apply_option,
     candidate_options,
-    compare_request,
-    layer_request,
     memory_option,
     plan_options,
     plan_request,
@@ -29,7 +27,6 @@ from convcost.cli_options import (
     sweep_points,
     timeout_option,
     timing_options,
-    timing_request,
     wide_option,
 )
 from convcost.cli_output import (
@@ -47,6 +44,7 @@ from convcost.cli_output import (
     write_file,
     write_plan_file,
 )
+from convcost.cli_runs import analyze_once, compare_once, run_sweep
 from convcost.errors import InputError
 
 REPORT_FORMATS = ("table", "json", "csv", "markdown")
@@ -98,11 +96,13 @@ def analyze(**o: Any) -> int:
     check_outputs(output=o["output"], exported_spec=o["export_spec"], plot=o["plot"])
     view = {"depth": o["depth"], "show_all": o["show_all"]}
     points = sweep_points(o)
+    if len(points) > 1 and o["export_spec"] is not None:
+        raise InputError("--export-spec writes one spec: give one --batch and --threads")
     if len(points) > 1:
-        return _sweep(o, fmt, "analyze", points, _analyze_once,
+        return run_sweep(o, fmt, "analyze", points, analyze_once,
                       lambda r, w: analysis_renderables(r, **view, width=w),
                       lambda r, f: render_analysis(r, f, **view))
-    result = _analyze_once(o)
+    result = analyze_once(o)
     report = result.report
     if o["plot"] is not None:
         from convcost.report.plot import plot_analysis
@@ -114,43 +114,6 @@ def analyze(**o: Any) -> int:
     emit(fmt, o["output"], o["wide"], lambda w: analysis_renderables(report, **view, width=w),
          lambda f: render_analysis(report, f, **view))
     return run_status(result.run, o["output"])
-
-
-def _analyze_once(o: dict[str, Any]) -> Any:
-    """analyze's job for the options ``o`` (one point)."""
-    from convcost import isolation, jobs
-    from convcost.report.progress import progress_for
-
-    src, timing = source_request(o), timing_request(o)
-    return isolation.call(jobs.run_analyze, src, timing, o["dtype"], progress_for,
-                          isolate=jobs.needs_isolation(o["source"]), label=o["source"],
-                          timeout_s=o["timeout"])
-
-
-def _sweep(o: dict[str, Any], fmt: str, command: str, points: list[tuple[Any, Any]],
-           once: Any, each: Any, text: Any) -> int:
-    """A sweep: ``once`` per (batch, threads) point, each with its share of --time-budget;
-    one report with every point and the summary; the worst exit status of the points."""
-    import json
-
-    from convcost.report.sweep import SweepPoint, SweepReport, render_sweep, sweep_renderables
-
-    done = []
-    for batch, threads in points:
-        share = {**o, "batch": batch, "threads": threads,
-                 "time_budget": o["time_budget"] / len(points)}
-        result = once(share)
-        done.append(SweepPoint(batch, threads if isinstance(threads, int) else None,
-                               result.report, result.run))
-    sweep = SweepReport(command, done)
-    if o["plot"] is not None:
-        from convcost.report.plot import plot_sweep
-
-        click.echo(f"wrote {plot_sweep(sweep, o['plot'])}", err=True)
-    emit(fmt, o["output"], o["wide"], lambda w: sweep_renderables(sweep, each, w),
-         lambda f: render_sweep(sweep, f, lambda r: json.loads(text(r, "json")),
-                                lambda r: text(r, "markdown"), lambda r, w: each(r, w)))
-    return max(run_status(p.run, o["output"]) for p in done)
 
 
 def _export_spec(report: Any, path: Path) -> None:
@@ -198,10 +161,10 @@ def compare(**o: Any) -> int:
     per_layer = not o["model_only"]
     points = sweep_points(o)
     if len(points) > 1:
-        return _sweep(o, fmt, "compare", points, _compare_once,
+        return run_sweep(o, fmt, "compare", points, compare_once,
                       lambda r, w: compare_renderables(r, per_layer=per_layer, width=w),
                       lambda r, f: render_compare(r, f, per_layer=per_layer))
-    result = _compare_once(o)
+    result = compare_once(o)
     report = result.report
     if o["plot"] is not None:
         from convcost.report.plot import plot_compare
@@ -212,21 +175,6 @@ def compare(**o: Any) -> int:
          lambda w: compare_renderables(report, per_layer=per_layer, width=w),
          lambda f: render_compare(report, f, per_layer=per_layer))
     return run_status(result.run, o["output"])
-
-
-def _compare_once(o: dict[str, Any]) -> Any:
-    """compare's job for the options ``o`` (one point)."""
-    from convcost import isolation, jobs
-    from convcost.report.progress import progress_for
-
-    timing = timing_request(o)
-    if o["source"] is None:
-        layer, variants = jobs.builtin_layer(layer_request(o))
-        return isolation.call(jobs.run_compare_layer, layer, variants, timing, progress_for,
-                              o["pass_name"], isolate=False, label="the built-in layer")
-    return isolation.call(jobs.run_compare, source_request(o), compare_request(o), timing,
-                          progress_for, isolate=jobs.needs_isolation(o["source"]),
-                          label=o["source"], timeout_s=o["timeout"])
 
 
 @cli.command()

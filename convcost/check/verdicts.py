@@ -129,18 +129,9 @@ def _unmeasured(check: Check, metric: str, lim: Limit, why: str, policy: str,
     return Verdict(check.name, metric, "model", None, lim, verdict, message=msg)
 
 
-def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
-                   baseline: dict[str, Any] | None, baseline_path: Path | None,
-                   report: BudgetReport, updating: bool = False,
-                   on_unmeasured: str = "error") -> None:
-    """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
-    values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
-              "paper_macs": metrics.get("paper_macs"),
-              "flops": metrics.get("flops"), "latency": metrics.get("latency_ms"),
-              "latency_p90": metrics.get("latency_p90_ms"),
-              "latency_p99": metrics.get("latency_p99_ms"),
-              "activation_memory": metrics.get("activation_memory"),
-              "weight_memory": metrics.get("weight_memory")}
+def _judge_limits(check: Check, values: dict[str, Any], metrics: dict[str, Any],
+                  report: BudgetReport, on_unmeasured: str) -> None:
+    """The check's whole-model limits: judged, unmeasured (by ``on_unmeasured``) or skipped."""
     for metric, lims in check.limits.items():
         v = values[metric]
         failed = metrics.get(f"{metric}_failed") or (
@@ -160,6 +151,21 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
                                         if x)
             report.notices.append(f"{check.name}: latency judged although {metrics['latency_busy']}")
         report.results.append(verdict)
+
+
+def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
+                   baseline: dict[str, Any] | None, baseline_path: Path | None,
+                   report: BudgetReport, updating: bool = False,
+                   on_unmeasured: str = "error") -> None:
+    """Judge one check's measured ``metrics`` (params, macs, flops, latency_ms or None)."""
+    values = {"params": metrics.get("params"), "macs": metrics.get("macs"),
+              "paper_macs": metrics.get("paper_macs"),
+              "flops": metrics.get("flops"), "latency": metrics.get("latency_ms"),
+              "latency_p90": metrics.get("latency_p90_ms"),
+              "latency_p99": metrics.get("latency_p99_ms"),
+              "activation_memory": metrics.get("activation_memory"),
+              "weight_memory": metrics.get("weight_memory")}
+    _judge_limits(check, values, metrics, report, on_unmeasured)
     for ll in check.layers:
         matching = [r for r in layers if fnmatch.fnmatchcase(r.name, ll.match)]
         if not matching:
