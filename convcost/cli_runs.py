@@ -34,7 +34,7 @@ def run_sweep(o: dict[str, Any], fmt: str, command: str, points: list[tuple[Any,
     done = []
     for batch, threads in points:
         share = {**o, "batch": batch, "threads": threads,
-                 "time_budget": o["time_budget"] / len(points)}
+                 "time_budget": max(0.1, round(o["time_budget"] / len(points), 1))}
         result = once(share)
         done.append(SweepPoint(batch, threads if isinstance(threads, int) else None,
                                result.report, result.run))

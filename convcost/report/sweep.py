@@ -44,7 +44,10 @@ class SweepReport:
 
     @property
     def name(self) -> str:
-        return self.points[0].report.name
+        """The report's name without the batch it was taken at (the sweep varies it)."""
+        import re
+
+        return re.sub(r",? batch \d+$", "", self.points[0].report.name)
 
 
 def _compare_rows(report: Any) -> list[Any]:
@@ -69,6 +72,7 @@ def summary_rows(sweep: SweepReport) -> list[dict[str, Any]]:
                 "batch": batch, "threads": p.threads or _threads_of(r), "macs": row.macs,
                 "latency_ms": lat,
                 "latency_per_sample_ms": lat / batch if lat is not None and batch else None}
+            d["busy"] = _busy(row, sweep.command)
             if sweep.command == "compare":
                 d["latency_ratio"] = row.ratio_latency
                 d["latency_ratio_ci"] = list(row.latency_ci) if row.latency_ci else None
@@ -77,6 +81,15 @@ def summary_rows(sweep: SweepReport) -> list[dict[str, Any]]:
                 d["peak_activation_bytes"] = r.peak_activation_bytes
             out.append(d)
     return out
+
+
+def _busy(row: Any, command: str) -> bool | None:
+    """Whether the row's figure (compare) or the whole model's (analyze) was measured while
+    the machine was busy; None when not timed."""
+    if command == "compare":
+        return bool(row.figure.busy) if row.timing is not None else None
+    first = next(iter(row.backends.values()), None)
+    return bool(first.timing.busy) if first is not None and first.timing is not None else None
 
 
 def _batch_of(report: Any) -> int | None:
@@ -101,13 +114,15 @@ def sweep_dict(sweep: SweepReport, one: Any) -> dict[str, Any]:
 
 
 def _cells(d: dict[str, Any], command: str) -> list[str]:
+    mark = " busy" if d["busy"] and command == "analyze" else ""
     cells = [d["row"], str(d["batch"] or ""), str(d["threads"] or ""), human(d["macs"]),
-             fmt_ms(d["latency_ms"]), fmt_ms(d["latency_per_sample_ms"])]
+             fmt_ms(d["latency_ms"]) + mark, fmt_ms(d["latency_per_sample_ms"])]
     if command == "compare":
         ci = d["latency_ratio_ci"]
         ratio = fmt_ratio(d["latency_ratio"])
         cells += [fmt_ratio(d["macs_ratio"]),
-                  f"{ratio} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and ci != [1.0, 1.0] else ratio]
+                  (f"{ratio} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and ci != [1.0, 1.0] else ratio)
+                  + (" busy" if d["busy"] else "")]
     else:
         cells.append(fmt_bytes(d["peak_activation_bytes"]))
     return cells
@@ -127,21 +142,20 @@ def sweep_renderables(sweep: SweepReport, each: Any,
         out.append(rich_text(f"=== {p.label} ===", style="bold"))
         out.extend(each(p.report, width))
         out.append(rich_text(""))
-    rows = sorted(summary_rows(sweep), key=lambda d: (d["row"] != _first(sweep), d["row"],
-                                                     d["threads"] or 0, d["batch"] or 0))
+    order: dict[str, int] = {}
+    for d in summary_rows(sweep):
+        order.setdefault(d["row"], len(order))
+    rows = sorted(summary_rows(sweep), key=lambda d: (order[d["row"]], d["threads"] or 0,
+                                                     d["batch"] or 0))
     cols = [Col(h, "left" if i == 0 else "right", 100 - i) for i, h in
             enumerate(_headers(sweep.command))]
     t, _ = fit_table(cols, [_cells(d, sweep.command) for d in rows], width=width,
                      title=f"convcost {sweep.command} sweep: {sweep.name}")
     out.append(t)
     out.append(rich_text("per sample: latency / batch; each point is measured on its own "
-                         "(its own kernels in the latency table)", style="dim"))
+                         "(its own kernels in the latency table); 'busy': measured while the "
+                         "machine was busy (see that point's report)", style="dim"))
     return out
-
-
-def _first(sweep: SweepReport) -> str:
-    rows = summary_rows(sweep)
-    return rows[0]["row"] if rows else ""
 
 
 def sweep_csv(sweep: SweepReport) -> str:
