@@ -37,7 +37,8 @@ PROGRESS = re.compile(r"^\w[\w ]*(: \d+ \w+ to measure| \d+/\d+ \w+, \d+ s left)
 TIME_VALUE = re.compile(r"\b\d+(\.\d+)? (ns|us|ms|s)\b")
 # columns whose figures come from timing: never compared
 TIMED_COLUMNS = {"latency", "±IQR", "TFLOP/s", "GB/s", "latency ratio", "headline", "note",
-                 "notes", "% bound", "bound", "bound ms", "time", "p90", "p99", "per sample"}
+                 "notes", "% bound", "bound", "bound ms", "time", "p90", "p99", "per sample",
+                 "threads"}
 TIMED_COMMANDS = ("analyze", "compare", "check")
 
 
