@@ -53,6 +53,23 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
+def meta_copy(module: nn.Module, float_dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``module`` whose parameters, buffers and tensor attributes are meta tensors
+    (floating ones in ``float_dtype`` when given): the structure is copied, no data (a model
+    of gigabytes costs nothing here)."""
+    memo: dict[int, Any] = {}
+    for m in module.modules():
+        for store in (m._parameters, m._buffers, vars(m)):
+            for t in store.values():
+                if isinstance(t, torch.Tensor) and id(t) not in memo:
+                    dt = float_dtype if float_dtype is not None and t.is_floating_point() \
+                        else t.dtype
+                    mt = torch.empty(t.shape, dtype=dt, device="meta")
+                    memo[id(t)] = nn.Parameter(mt, requires_grad=t.requires_grad) \
+                        if isinstance(t, nn.Parameter) else mt
+    return copy.deepcopy(module, memo)
+
+
 def conv_backward_macs(grad_out_shape: Sequence[int], x_shape: Sequence[int],
                        w_shape: Sequence[int], transposed: bool,
                        output_mask: Sequence[bool]) -> int:
@@ -150,7 +167,7 @@ def module_cost(module: nn.Module, input_shapes: Sequence[Sequence[int]], *,
     a meta copy; the backward (when asked) with the input's gradient, as inside a network.
     None when the module cannot run on meta tensors."""
     try:
-        m = copy.deepcopy(module).to("meta")
+        m = meta_copy(module)
         xs = [torch.empty(tuple(s), device="meta", requires_grad=backward) for s in input_shapes]
         access = _access_hooks(m)
         with torch.enable_grad() if backward else torch.no_grad():
@@ -249,7 +266,7 @@ def peak_activation_bytes(model: nn.Module, call: Any, *, training: bool = False
     from convcost.timing.training import training_mode
 
     try:
-        m = copy.deepcopy(model).to(device="meta", dtype=float_dtype)
+        m = meta_copy(model, float_dtype)
         training_mode(m) if training else m.eval()
         own = {t.untyped_storage()._cdata for t in [*m.parameters(), *m.buffers(),
                                                      *call.tensors()]}
@@ -304,7 +321,7 @@ def model_pass(model: nn.Module, example: Any, *, training: bool,
         if where == "cpu" and real_call is None:
             break
         try:
-            m = training_mode(copy.deepcopy(model).to(where))
+            m = training_mode(meta_copy(model) if where == "meta" else copy.deepcopy(model))
             call = example.on_meta() if where == "meta" else real_call()
             params = [p for p in m.parameters() if p.requires_grad]
             with torch.enable_grad():
