@@ -61,17 +61,24 @@ class ThreadsType(click.ParamType):
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
-        parts = [p.strip() for p in text.split(",")]
-        if any(not p.isdigit() or not 1 <= int(p) <= 1024 for p in parts):
-            self.fail(f"{value!r} is not a thread count: use auto, an integer from 1 to 1024, "
-                      "or a comma list of them (a sweep: 1,2,4)", param, ctx)
-        out = tuple(dict.fromkeys(int(p) for p in parts))
-        if len(out) > MAX_SWEEP:
-            self.fail(f"{value!r}: at most {MAX_SWEEP} thread counts in one sweep", param, ctx)
-        return out[0] if len(out) == 1 else out
+        return sweep_list(self, value, text, 1024, "thread count", "auto, ", "1,2,4", param, ctx)
 
 
 MAX_SWEEP = 16  # points of a --batch or --threads sweep
+
+
+def sweep_list(t: click.ParamType, value: Any, text: str, high: int, what: str, also: str,
+               example: str, param: Any, ctx: Any) -> int | tuple[int, ...]:
+    """``text`` as one integer from 1 to ``high``, or a comma list of them (a sweep: distinct,
+    in order, at most :data:`MAX_SWEEP`); ``t.fail`` naming ``what`` otherwise."""
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p.isdigit() or not 1 <= int(p) <= high for p in parts):
+        t.fail(f"{value!r} is not a {what}: use {also}an integer from 1 to {high}, or a comma "
+               f"list of them (a sweep: {example})", param, ctx)
+    out = tuple(dict.fromkeys(int(p) for p in parts))
+    if len(out) > MAX_SWEEP:
+        t.fail(f"{value!r}: at most {MAX_SWEEP} {what}s in one sweep", param, ctx)
+    return out[0] if len(out) == 1 else out
 
 
 class BatchesType(click.ParamType):
@@ -85,14 +92,8 @@ class BatchesType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int | tuple[int, ...]:
         if isinstance(value, (int, tuple)):
             return value
-        parts = [p.strip() for p in str(value).split(",")]
-        if any(not p.isdigit() or not 1 <= int(p) <= self.high for p in parts):
-            self.fail(f"{value!r} is not a batch size: use an integer from 1 to {self.high}, "
-                      "or a comma list of them (a sweep: 1,8,32)", param, ctx)
-        out = tuple(dict.fromkeys(int(p) for p in parts))
-        if len(out) > MAX_SWEEP:
-            self.fail(f"{value!r}: at most {MAX_SWEEP} batch sizes in one sweep", param, ctx)
-        return out[0] if len(out) == 1 else out
+        return sweep_list(self, value, str(value), self.high, "batch size", "", "1,8,32", param,
+                          ctx)
 
 
 class GroupsType(click.ParamType):
