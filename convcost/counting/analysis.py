@@ -85,23 +85,16 @@ class LayerRow(TimedRow):
         """Bytes at ``itemsize`` bytes per element: weights (parameters), activation (the
         output, per call) and, for a conv or linear, the memory access cost of ShuffleNet V2 over
         its calls (input + output + weight elements per call; bias excluded, as the formula)."""
-        out = _numel(self.out_shape)
+        out = math.prod(self.out_shape or [])
         access = None
         if self.op in ("conv", "linear") and self.in_shape and self.out_shape:
             bias = (self.out_shape[1] if self.op == "conv" else self.out_shape[-1]) \
                 if self.bias else 0
-            access = self.calls * (_numel(self.in_shape) + out + self.params - bias)
+            access = self.calls * (math.prod(self.in_shape) + out + self.params - bias)
         return {"weight_bytes": self.params * itemsize,
                 "activation_bytes": out * itemsize if self.out_shape else None,
                 "access_bytes": access * itemsize if access is not None else None,
                 "access_elements": access}
-
-
-def _numel(shape: list[int] | None) -> int:
-    n = 1
-    for d in shape or []:
-        n *= int(d)
-    return n
 
 
 

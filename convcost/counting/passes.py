@@ -24,6 +24,7 @@ Conventions (stated in every report that shows them):
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,13 +45,6 @@ BACKWARD_CONVENTION = ("backward MACs: torch.utils.flop_counter over the backwar
                        "flop_counter counts a grouped conv's weight gradient g times)")
 LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
           nn.ConvTranspose3d, nn.Linear)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def meta_copy(module: nn.Module, float_dtype: torch.dtype | None = None) -> nn.Module:
@@ -77,9 +71,9 @@ def conv_backward_macs(grad_out_shape: Sequence[int], x_shape: Sequence[int],
     C_out x prod(w_shape[1:])`` for a conv; ``N x prod(in spatial) x prod(w_shape)`` for a
     transposed one) once for grad-input and once for grad-weight, as ``output_mask`` asks."""
     if transposed:  # each input element meets every weight of its group
-        fwd = _numel(x_shape[:1]) * _numel(x_shape[2:]) * _numel(w_shape)
+        fwd = math.prod(x_shape[:1]) * math.prod(x_shape[2:]) * math.prod(w_shape)
     else:
-        fwd = _numel(grad_out_shape[:1]) * _numel(grad_out_shape[2:]) * _numel(w_shape)
+        fwd = math.prod(grad_out_shape[:1]) * math.prod(grad_out_shape[2:]) * math.prod(w_shape)
     return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
@@ -170,15 +164,21 @@ def module_cost(module: nn.Module, input_shapes: Sequence[Sequence[int]], *,
         m = meta_copy(module)
         xs = [torch.empty(tuple(s), device="meta", requires_grad=backward) for s in input_shapes]
         access = _access_hooks(m)
+        outs: list[Any] = []
+
+        def run() -> Any:
+            outs.append(m(*xs))
+            return outs[-1]
+
+        bwd = None
         with torch.enable_grad() if backward else torch.no_grad():
             if backward:
-                pc = count_pass(m, lambda: m(*xs), [*m.parameters(), *xs])
-                out, bwd = _last_out(access), pc.backward_macs
+                bwd = count_pass(m, run, [*m.parameters(), *xs]).backward_macs
             else:
-                m(*xs)
-                out, bwd = _last_out(access), None
+                run()
     except Exception:  # a module meta tensors cannot run: its costs are unknown
         return None
+    out = sum(t.numel() for t in tree_flatten(outs[0])[0] if isinstance(t, torch.Tensor))
     weights = sum(p.numel() for p in module.parameters())
     return ModuleCost(bwd, weights, out, access.total)
 
@@ -188,7 +188,6 @@ class _Access:
 
     def __init__(self) -> None:
         self.total = 0
-        self.last_out = 0
 
     def __call__(self, mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -202,16 +201,7 @@ def _access_hooks(m: nn.Module) -> _Access:
     for sub in m.modules():
         if isinstance(sub, LEAVES):
             sub.register_forward_hook(acc)
-
-    def root_out(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        acc.last_out = sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
-
-    m.register_forward_hook(root_out)
     return acc
-
-
-def _last_out(acc: _Access) -> int:
-    return acc.last_out
 
 
 class _LiveBytes(TorchDispatchMode):
