@@ -369,3 +369,12 @@ def test_budget_tail_latency_limits(tmp_path):
     m = d["metrics"]["tiny"]
     assert m["latency_p99_ms"] >= m["latency_p90_ms"] > 0
     assert m["latency"]["n"] >= 100  # a p99 needs 100 samples
+
+
+@pytest.mark.parametrize("defaults,text", [("{pass: sideways}", "pass 'sideways'"),
+                                           ("{dtype: fp99}", "dtype 'fp99'")])
+def test_budget_defaults_refused_without_a_latency_limit(tmp_path, defaults, text):
+    """weight_memory reads the defaults' dtype and activation_memory their pass: a bad one is
+    refused even when no latency limit reads them."""
+    r = invoke("check", _budget(tmp_path, "{weight_memory: 1MiB}", f"defaults: {defaults}\n"))
+    assert r.exit_code == 2 and text in r.output and "defaults" in r.output, r.output

@@ -16,11 +16,13 @@ from typing import Any
 from convcost.errors import BudgetFileError, InputError
 from convcost.sources.lines import FileValidator
 from convcost.sources.yamlio import load_yaml_file
+from convcost.timing.table import PASSES
 from convcost.units import parse_bytes, parse_count, parse_duration_ms, parse_percent
 
 BUDGET_VERSION = 1
 METRICS = ("params", "macs", "paper_macs", "flops", "latency", "latency_p90", "latency_p99",
            "activation_memory", "weight_memory")
+DTYPES = ("fp32", "tf32", "fp16", "bf16")
 LATENCY_METRICS = ("latency", "latency_p90", "latency_p99")  # ms, measured
 MEMORY_METRICS = ("activation_memory", "weight_memory")  # bytes, counted
 LEVELS = ("error", "warn")
@@ -227,6 +229,10 @@ def load_budget(path: str | Path) -> Budget:
                     "version" if "version" in data else None)
     defaults = data.get("defaults") or {}
     p.keys(defaults, ("input", "device", "dtype", "batch", "backend", "pass"), "defaults")
+    for key, allowed in (("dtype", DTYPES), ("pass", PASSES)):  # checked once, here
+        if key in defaults and defaults[key] not in allowed:
+            raise p.err(f"{key} {str(defaults[key])[:40]!r}; use {', '.join(allowed)}", defaults,
+                        key, "defaults")
     checks_raw = data.get("checks")
     if not isinstance(checks_raw, list) or not checks_raw:
         raise p.err(f"'checks' must be a non-empty list; {MINIMAL_EXAMPLE}", data,
@@ -274,9 +280,6 @@ def _parse_check(p: BudgetParser, c: Any, where: str, defaults: dict[str, Any],
         lat = _latency_target(p, c, where, defaults)
     dtype = lat.dtype if lat is not None else str(defaults.get("dtype", "fp32"))
     pass_name = lat.pass_name if lat is not None else str(defaults.get("pass", "inference"))
-    if pass_name not in ("inference", "training"):
-        raise p.err(f"pass {pass_name!r}; use inference or training", defaults, "pass",
-                    "defaults")
     return Check(name, _resolve_model(model, p.path), inp, limits, regression, layers, lat,
                  where, dict(margs), _plan(p, c, where), dtype, pass_name)
 
@@ -327,10 +330,10 @@ def _latency_target(p: BudgetParser, c: Any, where: str,
                         backend=str(src.get("backend", defaults.get("backend", "eager"))),
                         pass_name=str(src.get("pass", defaults.get("pass", "inference"))))
     lw = f"{where}.limits.latency"
-    if lat.pass_name not in ("inference", "training"):
-        raise p.err(f"latency pass {lat.pass_name!r}; use inference or training", src or c,
+    if lat.pass_name not in PASSES:
+        raise p.err(f"latency pass {lat.pass_name!r}; use {' or '.join(PASSES)}", src or c,
                     "pass", lw)
-    if lat.dtype not in ("fp32", "tf32", "fp16", "bf16"):
+    if lat.dtype not in DTYPES:
         raise p.err(f"latency dtype {lat.dtype!r}; use fp32, tf32, fp16 or bf16", src or c,
                     "dtype", lw)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", lat.device):

@@ -39,7 +39,7 @@ from convcost.timing.machine import MIN_WINDOW_S, Snapshot, gpu_state, snapshot,
 from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
-from convcost.timing.training import check_step, targets_of, train_step, training_mode
+from convcost.timing.training import TrainStep, check_step, targets_of, training_mode
 
 MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT, UNSUPPORTED = (
     Status.MEASURED, Status.CACHED, Status.SAME, Status.FAILED, Status.BUDGET,
@@ -428,7 +428,7 @@ class TimingEngine:
             stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
-            fn = prepared.fn if targets is None else train_step(prepared.fn, targets)
+            fn = prepared.fn if targets is None else TrainStep(prepared.fn, targets)
             if self.runtime.reference:  # eager: nothing set up, nothing to check against
                 return Bench(fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
             stage = "run"
@@ -440,7 +440,7 @@ class TimingEngine:
             if targets is None:
                 rel = backends.check_against_eager(out, m(*xs), self.cfg.numerics.dtype)
             else:
-                ref = train_step(lambda: m(*xs), targets)()
+                ref = TrainStep(lambda: m(*xs), targets)()
                 rel = check_step(out, ref, fn.n_out, self.cfg.numerics.dtype)
                 del ref
             del out

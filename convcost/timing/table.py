@@ -50,7 +50,7 @@ KERNEL_FIELDS = ("key", "label", "scope", "signature", "in_shapes", "dtype", "me
                  "graph_median_ms", "measured_at", "convcost")
 # stored, exported and imported when present; an export of an older convcost lacks them
 OPTIONAL_KERNEL_FIELDS = tuple(name for name, _ in ADDED_V2)
-PASSES = ("inference", "training")
+PASSES = ("inference", "training")  # what a timed call is (--pass); training: + backward
 PAIR_FIELDS = ("base_key", "var_key", "ratio", "lo", "hi", "rounds", "measured_at")
 
 _SCHEMA = f"""

@@ -22,8 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-INFERENCE, TRAINING = "inference", "training"
-PASSES = (INFERENCE, TRAINING)
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                  nn.FeatureAlphaDropout)
 CONVENTION = ("training: forward + backward of one call (torch.autograd.grad, a fixed random "
@@ -89,10 +87,6 @@ class TrainStep:
         grads = torch.autograd.grad(diff, self.targets, grad_outputs=self.upstream,
                                     allow_unused=True)
         return (*[t.detach() for t in outs], *[g for g in grads if g is not None])
-
-
-def train_step(forward: Callable[[], Any], targets: list[torch.Tensor]) -> TrainStep:
-    return TrainStep(forward, targets)
 
 
 def check_step(out: Sequence[torch.Tensor], ref: Sequence[torch.Tensor], n_out: int,
