@@ -205,13 +205,14 @@ def _layer_table(report: CompareReport, v: _View,
              else f"convcost compare: {report.name}, per layer")
     all_rows = [r for lc in report.layers for r in lc.all_rows]
     tcols, roof, peaks = timing_cols(all_rows, v.timed, label=f"latency{v.suffix}")
+    costs = _cost_cols(report, model=False)
     tails = v.timed and has_tails(all_rows)
     cols = ([Col("layer", "left", 98), Col("conv", "left", 40, hide_if_empty=True)]
             if report.is_model else [])
     cols += [Col("variant", "left", 100), Col("params", "right", 62),
              Col("MACs", "right", 88), Col("FLOPs", "right", 10),
              Col("params ratio", "right", 52), Col("analytic", "right", 72),
-             Col("formula", "left", 30), *_cost_cols(report, model=False), *tcols]
+             Col("formula", "left", 30), *[c for c, _ in costs], *tcols]
     if v.timed:
         cols += [Col(f"latency ratio{v.suffix}", "right", 66), *v.extra_cols()]
     cols += [Col("headline", "left", 100), Col("notes", "left", 100, hide_if_empty=True)]
@@ -224,7 +225,7 @@ def _layer_table(report: CompareReport, v: _View,
             first = r is lc.baseline
             cells = [label, human(r.params), human(r.macs), human(r.flops),
                      fmt_ratio(r.ratio_params), fmt_ratio(r.analytic_macs), r.formula or "",
-                     *_cost_cells(report, r, model=False)]
+                     *_cost_cells(r, costs)]
             if report.is_model:
                 cells = [lc.name if first else "", lc.layer.describe() if first else "", *cells]
             if v.timed:
@@ -244,31 +245,32 @@ _MEMORY_COLS = {False: (("weights", "weight_bytes", 14), ("output", "activation_
                        ("peak act.", "peak_activation_bytes", 15))}
 
 
-def _cost_cols(report: CompareReport, *, model: bool) -> list[Col]:
-    """bwd MACs (training pass) and the memory columns that some row has (layers: weights,
-    output, MAC; whole models: weights, peak activation memory)."""
+def _cost_cols(report: CompareReport, *, model: bool) -> list[tuple[Col, str | None]]:
+    """(column, memory key) of bwd MACs (training pass; key None) and of the memory columns
+    that some row has (layers: weights, output, MAC; whole models: weights, peak activation
+    memory)."""
     rows = _model_rows(report) if model else [r for lc in report.layers for r in lc.all_rows]
-    cols = [Col("bwd MACs", "right", 57)] if report.pass_name == "training" else []
-    return cols + [Col(title, "right", prio) for title, key, prio in _MEMORY_COLS[model]
+    cols: list[tuple[Col, str | None]] = [(Col("bwd MACs", "right", 57), None)] \
+        if report.pass_name == "training" else []
+    return cols + [(Col(title, "right", prio), key) for title, key, prio in _MEMORY_COLS[model]
                    if any(r.memory.get(key) is not None for r in rows)]
 
 
-def _cost_cells(report: CompareReport, r: CompareRow, *, model: bool) -> list[str]:
-    rows = _model_rows(report) if model else [x for lc in report.layers for x in lc.all_rows]
-    cells = [human(r.backward_macs) if r.backward_macs is not None else ""] \
-        if report.pass_name == "training" else []
-    return cells + [fmt_bytes(r.memory.get(key)) if r.memory.get(key) is not None else ""
-                    for _, key, _ in _MEMORY_COLS[model]
-                    if any(x.memory.get(key) is not None for x in rows)]
+def _cost_cells(r: CompareRow, cols: list[tuple[Col, str | None]]) -> list[str]:
+    """A row's cells in :func:`_cost_cols`' columns."""
+    return [(human(r.backward_macs) if r.backward_macs is not None else "") if key is None
+            else (fmt_bytes(r.memory[key]) if r.memory.get(key) is not None else "")
+            for _, key in cols]
 
 
 def _model_table(report: CompareReport, v: _View,
                  width: int | None) -> tuple[RenderableType, list[str]]:
     """Whole-model rows: the model with each variant substituted for the selected convs."""
+    costs = _cost_cols(report, model=True)
     cols = [Col("variant", "left", 100), Col("replaced", "right", 45),
             Col("params", "right", 62), Col("MACs", "right", 88),
             Col("params ratio", "right", 52), Col("MACs ratio", "right", 80),
-            Col("analytic (convs)", "right", 72), *_cost_cols(report, model=True)]
+            Col("analytic (convs)", "right", 72), *[c for c, _ in costs]]
     tails = v.timed and has_tails(_model_rows(report))
     if v.timed:
         cols += [Col(f"latency{v.suffix}", "right", 75), Col("±IQR", "right", 35),
@@ -281,7 +283,7 @@ def _model_table(report: CompareReport, v: _View,
         cells = [r.label, "" if r.substituted is None else f"{r.substituted}/{len(report.layers)}",
                  human(r.params), human(r.macs), fmt_ratio(r.ratio_params),
                  fmt_ratio(r.ratio_macs), fmt_ratio(r.analytic_macs),
-                 *_cost_cells(report, r, model=True)]
+                 *_cost_cells(r, costs)]
         if v.timed:
             cells += [_latency_cell(r.figure), iqr_cell(r.timing),
                       *(tail_cells(r.timing) if tails else []),

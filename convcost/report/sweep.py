@@ -142,11 +142,11 @@ def sweep_renderables(sweep: SweepReport, each: Any,
         out.append(rich_text(f"=== {p.label} ===", style="bold"))
         out.extend(each(p.report, width))
         out.append(rich_text(""))
+    rows = summary_rows(sweep)
     order: dict[str, int] = {}
-    for d in summary_rows(sweep):
+    for d in rows:
         order.setdefault(d["row"], len(order))
-    rows = sorted(summary_rows(sweep), key=lambda d: (order[d["row"]], d["threads"] or 0,
-                                                     d["batch"] or 0))
+    rows.sort(key=lambda d: (order[d["row"]], d["threads"] or 0, d["batch"] or 0))
     cols = [Col(h, "left" if i == 0 else "right", 100 - i) for i, h in
             enumerate(_headers(sweep.command))]
     t, _ = fit_table(cols, [_cells(d, sweep.command) for d in rows], width=width,
