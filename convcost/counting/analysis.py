@@ -31,7 +31,7 @@ from convcost.counting.inventory import (
     record_modules,
     uncalled_modules,
 )
-from convcost.counting.passes import model_pass
+from convcost.counting.passes import ModelPass, model_pass
 from convcost.errors import ModelError, first_line
 from convcost.figures import LatencyFigure, ModelLatency, TimedRow
 from convcost.inputs import Call, as_call, as_example
@@ -290,7 +290,7 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
                   dtype: str = "fp32", count_on: str = "auto",
                   make_inputs: Callable[[], Any] | None = None,
                   estimated_macs: int | None = None,
-                  pass_name: str = "inference") -> AnalysisReport:
+                  pass_name: str = "inference", pass_costs: bool = True) -> AnalysisReport:
     """Count a model: params, MACs per module and operator, shapes per module.
 
     ``inputs`` is an :class:`~convcost.inputs.Example` (the structure of the call), example
@@ -300,6 +300,8 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     huge models, never for a model whose work depends on values. A model that cannot run on
     meta tensors is counted on real ones, with a note. Real inputs are ``inputs`` if they are
     tensors, else ``make_inputs()`` (a :class:`~convcost.inputs.Call`), else seeded values.
+    ``pass_costs`` False skips the pass's costs (peak activation memory, the backward's count)
+    for callers that only need the counts.
     """
     example = as_example(inputs)
     given = given_call(inputs)
@@ -324,7 +326,8 @@ def analyze_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     never = never_run(model, records, counts)
     mp = model_pass(model, example, training=pass_name == "training", dtype=dtype,
                     real_call=lambda: given or (as_call(make_inputs()) if make_inputs is not None
-                                                else example.make()))
+                                                else example.make())) \
+        if pass_costs else ModelPass(None, None)
     notes.extend(mp.notes)
     if mp.backward is not None:
         g = mp.backward.gradients

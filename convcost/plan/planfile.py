@@ -156,7 +156,8 @@ def apply_plan(model: Any, input_shapes: Any, plan: PlanFile,
     modules = dict(model.named_modules())
     todo = plan.substituted
     rows = {r.name: r for r in analyze_model(model, input_shapes, source=str(path),
-                                             name="plan").layers} if todo else {}
+                                             name="plan", pass_costs=False).layers} \
+        if todo else {}
     new = {}
     for c in todo:
         m = modules.get(c.layer)

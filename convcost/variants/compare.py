@@ -422,6 +422,7 @@ def compare_model(model: nn.Module, inputs: Any, *, source: str, name: str,
     False keeps only the original model's row (the planner substitutes per layer itself).
     """
     analysis = analyze_model(model, inputs, source=source, name=name, count_on=count_on,
+                             pass_costs=False,
                              make_inputs=make_inputs, estimated_macs=estimated_macs)
     how = META if analysis.counter == META else "real"
     example = as_example(inputs)
