@@ -116,11 +116,15 @@ def has_tails(rows: list[Any]) -> bool:
     return any(r.timing is not None and r.timing.measurement.p90_ms is not None for r in rows)
 
 
+def tails_of(timing: KernelTiming | None) -> list[float | None]:
+    """p10, p90, p99 (ms) of a row's measurement; None where not known."""
+    m = timing.measurement if timing is not None else None
+    return [None, None, None] if m is None else [m.p10_ms, m.p90_ms, m.p99_ms]
+
+
 def tail_cells(timing: KernelTiming | None) -> list[str]:
     """The p90 and p99 cells ('' where the measurement has too few samples for one)."""
-    m = timing.measurement if timing is not None else None
-    return [fmt_ms(v) if v is not None else "" for v in
-            ((m.p90_ms, m.p99_ms) if m is not None else (None, None))]
+    return [fmt_ms(v) if v is not None else "" for v in tails_of(timing)[1:]]
 
 
 def source_cell(timing: KernelTiming | None) -> str:

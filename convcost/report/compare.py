@@ -19,6 +19,7 @@ from convcost.report.common import (
     roof_cells,
     roofline_of,
     tail_cells,
+    tails_of,
     timing_cols,
     timing_lines,
     to_console_text,
@@ -458,12 +459,6 @@ def _backend_cells(r: LatencyFigure) -> list[Any]:
     return [r.latency_ms, r.ratio_latency, lo, hi, r.latency_source]
 
 
-def _tails(timing: Any) -> list[Any]:
-    """p10, p90, p99 (ms) of a row's measurement, None where not known."""
-    m = timing.measurement if timing is not None else None
-    return [None, None, None] if m is None else [m.p10_ms, m.p90_ms, m.p99_ms]
-
-
 def compare_csv(report: CompareReport) -> str:
     """One row per layer variant (and whole-model variant); the latency fields are the first
     backend's, and with several backends each gets its own ``<field>:<backend>`` columns."""
@@ -476,7 +471,7 @@ def compare_csv(report: CompareReport) -> str:
         w.writerow([csv_cell(v) for v in (
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
             r.analytic_params, r.analytic_macs, r.formula, r.latency_ms, r.ratio_latency, lo, hi,
-            r.latency_source, r.skipped, "; ".join(r.warnings), *_tails(r.timing),
+            r.latency_source, r.skipped, "; ".join(r.warnings), *tails_of(r.timing),
             r.backward_macs, *[r.memory.get(k) for k in ("weight_bytes", "activation_bytes",
                                                          "access_bytes",
                                                          "peak_activation_bytes")],
