@@ -43,6 +43,19 @@ MEMORY_CONVENTION = ("memory: weights = parameters x bytes of the dtype; activat
 BACKWARD_CONVENTION = ("backward MACs: torch.utils.flop_counter over the backward, a conv's "
                        "by its closed form (grad-input = grad-weight = forward MACs; "
                        "flop_counter counts a grouped conv's weight gradient g times)")
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.FeatureAlphaDropout)
+
+
+def training_mode(module: nn.Module) -> nn.Module:
+    """``module`` in training mode with its dropout layers in eval mode (in place)."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, DROPOUT_TYPES):
+            m.eval()
+    return module
+
+
 LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
           nn.ConvTranspose3d, nn.Linear)
 
@@ -253,8 +266,6 @@ def peak_activation_bytes(model: nn.Module, call: Any, *, training: bool = False
     meta tensors) holds in tensors it creates, on a meta copy (nothing allocated); with
     ``training``, in training mode with autograd on (saved activations stay). None when the
     model cannot run on meta tensors (data-dependent code)."""
-    from convcost.timing.training import training_mode
-
     try:
         m = meta_copy(model, float_dtype)
         training_mode(m) if training else m.eval()
@@ -294,7 +305,6 @@ def model_pass(model: nn.Module, example: Any, *, training: bool,
     training mode with dropout off) on a meta copy, or on real tensors (``real_call()``, a
     Call) when meta tensors cannot run it; and its forward's peak activation memory (meta)."""
     from convcost.errors import first_line
-    from convcost.timing.training import training_mode
 
     notes: list[str] = []
     from convcost.timing.device import DTYPES

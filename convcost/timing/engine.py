@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from convcost import __version__
+from convcost.counting.passes import training_mode
 from convcost.figures import MachineState
 from convcost.timing import backends
 from convcost.timing.canary import INTERVAL_S, Canaries
@@ -39,7 +40,7 @@ from convcost.timing.machine import MIN_WINDOW_S, Snapshot, gpu_state, snapshot,
 from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
 from convcost.timing.table import LatencyTable, now_iso
-from convcost.timing.training import TrainStep, check_step, targets_of, training_mode
+from convcost.timing.training import TrainStep, check_step, targets_of
 
 MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT, UNSUPPORTED = (
     Status.MEASURED, Status.CACHED, Status.SAME, Status.FAILED, Status.BUDGET,

@@ -22,21 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                 nn.FeatureAlphaDropout)
 CONVENTION = ("training: forward + backward of one call (torch.autograd.grad, a fixed random "
               "upstream gradient, no optimizer step); a layer's kernel computes the gradients "
               "of its weights and of its input, a whole model those of its trainable "
               "parameters, in training mode (batch statistics) with dropout off")
-
-
-def training_mode(module: nn.Module) -> nn.Module:
-    """``module`` in training mode with its dropout layers in eval mode (in place)."""
-    module.train()
-    for m in module.modules():
-        if isinstance(m, DROPOUT_TYPES):
-            m.eval()
-    return module
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
