@@ -244,7 +244,8 @@ def timing_options(f: Callable) -> Callable:
         click.option("--backend", "backend", default="eager", show_default=True,
                      metavar="NAME[,NAME...]",
                      help="Runtime(s) to time on, side by side: eager, inductor (torch.compile), "
-                          "onnxruntime (convcost[onnx]), openvino (convcost[openvino], CPU). "
+                          "onnxruntime (convcost[onnx]), openvino (convcost[openvino], CPU), "
+                          "executorch (XNNPACK delegate, convcost[executorch], CPU). "
                           "Setup (compile, export) is reported apart from the timings."),
     ]
     for o in reversed(opts):

@@ -100,6 +100,43 @@ def rounded(x: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class Lowering:
+    """What a delegate took of a kernel's lowered program: ``delegated_nodes`` operator nodes
+    run inside the delegate (XNNPACK), ``portable_nodes`` left on the runtime's portable
+    kernels (``portable_ops``: their operators). A node is one operator call of the exported
+    graph (a conv, a view, an add), not a weighted share of the time."""
+
+    delegate: str
+    delegated_nodes: int
+    portable_nodes: int
+    portable_ops: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.delegated_nodes + self.portable_nodes
+
+    @property
+    def share(self) -> float | None:
+        """Delegated nodes / all operator nodes (None: a program with no operator)."""
+        return self.delegated_nodes / self.total if self.total else None
+
+    @property
+    def complete(self) -> bool:
+        """Every operator node runs in the delegate."""
+        return self.portable_nodes == 0
+
+    def text(self) -> str:
+        """``XNNPACK 5/6 nodes (portable: aten.cumsum.default)``."""
+        left = f" (portable: {', '.join(self.portable_ops)})" if self.portable_ops else ""
+        return f"{self.delegate} {self.delegated_nodes}/{self.total} nodes{left}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"delegate": self.delegate, "delegated_nodes": self.delegated_nodes,
+                "portable_nodes": self.portable_nodes, "portable_ops": list(self.portable_ops),
+                "delegated_share": None if self.share is None else round(self.share, 4)}
+
+
+@dataclass(frozen=True)
 class KernelTiming:
     """One kernel's timing record in a row: its measurement (or the error standing in for
     one), where the figure came from (a :class:`~convcost.timing.status.Status` value), and
@@ -114,6 +151,7 @@ class KernelTiming:
     pair: dict[str, Any] | None = None  # the paired ratio (stats.PairedRatio.to_dict + source)
     roofline: dict[str, Any] | None = None  # achieved TFLOP/s, GB/s, % of bound
     machine: MachineState | None = None  # what competed while it was measured (None: cached)
+    lowering: Lowering | None = None  # what a delegate took of the kernel (executorch)
 
     @property
     def busy(self) -> bool:
@@ -141,6 +179,8 @@ class KernelTiming:
             d["roofline"] = self.roofline
         if self.machine is not None:
             d["machine"] = self.machine.to_dict()
+        if self.lowering is not None:
+            d["lowering"] = self.lowering.to_dict()
         return d
 
 

@@ -19,6 +19,7 @@ from convcost.report.common import (
     has_tails,
     iqr_cell,
     json_text,
+    lowering_note,
     md_table,
     pct,
     roof_cells,
@@ -197,6 +198,26 @@ def _backend_model_lines(report: AnalysisReport) -> list[Any]:
             line += (f"; sum of the {d.layers_timed} conv/linear layers timed alone: "
                      f"{fmt_ms(d.layers_sum_ms)}")
         out.append(rich_text(line))
+    return out + _lowering_lines(report)
+
+
+MAX_LOWERING_NOTES = 8  # kernels named per backend; the rest counted
+
+
+def _lowering_lines(report: AnalysisReport) -> list[Any]:
+    """'executorch: not all on XNNPACK: whole model 250/253 nodes (portable: ...); conv1 ...':
+    the kernels a delegate did not take whole (they ran partly on portable kernels)."""
+    out = []
+    for b, d in report.backends.items():
+        kernels = [("whole model", d.timing)] + [(r.name, r.backends[b].timing)
+                                                 for r in report.layers if b in r.backends]
+        notes = [f"{name} {note}" for name, t in kernels if (note := lowering_note(t))]
+        if notes:
+            more = len(notes) - MAX_LOWERING_NOTES
+            out.append(rich_text(f"{b}: not every node on its delegate: "
+                                 + "; ".join(notes[:MAX_LOWERING_NOTES])
+                                 + (f"; and {more} more (JSON: timing.lowering)" if more > 0
+                                    else ""), style="yellow"))
     return out
 
 

@@ -20,7 +20,8 @@ EXPORT_FIELDS = ("label", "scope", "in_shapes", "dtype", "memory_format", "backe
                  "device", "device_name", "compute_capability", "driver", "torch", "cuda",
                  "cudnn", "onednn", "threads", "macs", "median_ms", "q1_ms", "q3_ms", "min_ms",
                  "max_ms", "n", "calls_per_sample", "converged", "graph_median_ms", "measured_at",
-                 "convcost", "key", "p10_ms", "p90_ms", "p99_ms", "pass")
+                 "convcost", "key", "p10_ms", "p90_ms", "p99_ms", "pass", "backend_id",
+                 "delegate", "delegated_nodes", "portable_nodes", "portable_ops")
 
 
 def _shapes(v: Any) -> str:
@@ -44,8 +45,8 @@ def cache_renderables(rows: list[dict[str, Any]], path: str, pairs: int,
                       str(r.get("threads") or ""), str(r.get("label") or ""),
                       _shapes(r.get("in_shapes")), fmt_ms(med),
                       iqr + ("" if r.get("converged") else "!"), str(r.get("n") or "")])
-        if backends:
-            cells[-1].insert(3, str(r.get("backend") or "eager"))
+        if backends:  # the readable id (version, provider or delegate, threads) when stored
+            cells[-1].insert(3, str(r.get("backend_id") or r.get("backend") or "eager"))
     t, dropped = fit_table(cols, cells, width=width, title=f"convcost latency table: {path}")
     return [t, *dropped_line(dropped),
             rich_text(f"{len(rows)} measurement(s) and {pairs} paired ratio(s); `convcost cache export "
@@ -62,7 +63,12 @@ def cache_json(rows: list[dict[str, Any]], path: str,
                            "p10_ms": "tail percentiles of the samples (each the mean of "
                                      "calls_per_sample calls); null with too few samples",
                            "pass": "inference (one forward) or training (forward + backward); "
-                                   "null: inference, stored by an older convcost"},
+                                   "null: inference, stored by an older convcost",
+                           "backend_id": "the runtime, its version, provider or delegate and "
+                                         "threads; null: stored by an older convcost",
+                           "delegated_nodes": "operator nodes a delegate (XNNPACK) ran; "
+                                              "portable_nodes: left on the runtime's portable "
+                                              "kernels (portable_ops); null: no delegate"},
            "measurements": [{**{f: r.get(f) for f in EXPORT_FIELDS},
                              "signature": r.get("signature")} for r in rows],
            "pairs": [{f: p.get(f) for f in PAIR_FIELDS} for p in pairs or []]}

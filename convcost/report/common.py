@@ -272,7 +272,7 @@ def engine_line(eng: dict[str, Any]) -> str:
 
 
 SETUP_WORDS = {"inductor": "compile", "onnxruntime": "export + session",
-               "openvino": "export + compile"}
+               "openvino": "export + compile", "executorch": "export + lowering + load"}
 
 
 def backend_line(name: str, b: dict[str, Any]) -> str:
@@ -295,7 +295,27 @@ def backend_line(name: str, b: dict[str, Any]) -> str:
     if b.get("setup_s"):
         line += (f"; setup ({SETUP_WORDS.get(name, 'setup')}) {b['setup_s']:.1f} s, outside the "
                  "timings")
+    if fp.get("lowering"):
+        line += "; " + lowering_phrase(fp["lowering"])
     return line
+
+
+def lowering_phrase(lo: dict[str, Any]) -> str:
+    """'XNNPACK took every operator node of 6/6 kernels' or 'XNNPACK took 52/54 operator nodes;
+    4/6 kernels fully (portable kernels ran aten.cumsum.default)'."""
+    d, p, k = lo.get("delegated_nodes", 0), lo.get("portable_nodes", 0), lo.get("kernels", 0)
+    if not p:
+        return f"{lo.get('delegate')} took every operator node of {k}/{k} kernels"
+    ops = ", ".join(lo.get("portable_ops") or [])
+    return (f"{lo.get('delegate')} took {d}/{d + p} operator nodes; {lo.get('fully_delegated')}/"
+            f"{k} kernels fully (portable kernels ran {ops or 'the rest'})")
+
+
+def lowering_note(t: KernelTiming | None) -> str | None:
+    """'XNNPACK 5/6 nodes (portable: aten.cumsum.default)' for a kernel its delegate did not
+    take whole (an undelegated node runs on the runtime's slow portable kernels); else None."""
+    lo = t.lowering if t is not None else None
+    return None if lo is None or lo.complete else lo.text()
 
 
 def csv_cell(v: Any) -> Any:

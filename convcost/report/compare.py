@@ -15,6 +15,7 @@ from convcost.report.common import (
     has_tails,
     iqr_cell,
     json_text,
+    lowering_note,
     md_table,
     roof_cells,
     roofline_of,
@@ -140,6 +141,9 @@ def _notes(row: CompareRow, backends: list[str | None] | None = None) -> list[st
         elif b is not None and rb.latency_source in (BUDGET, INTERRUPTED, UNSUPPORTED) \
                 and b != names[0]:
             notes.append(f"{b}: {_status_word(rb.latency_source)}")
+        partial = lowering_note(rb.timing)
+        if partial:
+            notes.append(f"{b}: {partial}" if b is not None else partial)
     if row.latency_source == SAME:
         notes.insert(0, "same kernel as the original: not timed again")
     elif row.latency_source in (BUDGET, INTERRUPTED, UNSUPPORTED):

@@ -29,7 +29,7 @@ import torch
 
 from convcost import __version__
 from convcost.counting.passes import training_mode
-from convcost.figures import MachineState
+from convcost.figures import Lowering, MachineState
 from convcost.timing import backends
 from convcost.timing.canary import INTERVAL_S, Canaries
 from convcost.timing.defaults import DEFAULT_BUDGET_S
@@ -39,7 +39,7 @@ from convcost.timing.kernel import Kernel, kernel_key
 from convcost.timing.machine import MIN_WINDOW_S, Snapshot, gpu_state, snapshot, window
 from convcost.timing.stats import PairedRatio, paired_ratio
 from convcost.timing.status import Status
-from convcost.timing.table import LatencyTable, now_iso
+from convcost.timing.table import LatencyTable, lowering_fields, now_iso, stored_lowering
 from convcost.timing.training import TrainStep, check_step, targets_of
 
 MEASURED, CACHED, SAME, FAILED, BUDGET, INTERRUPTED, PENDING, ABSENT, UNSUPPORTED = (
@@ -76,6 +76,7 @@ class KernelResult:
     setup_s: float | None = None  # compile / export / session time (non-eager backends)
     check: dict[str, Any] | None = None  # the output check against eager (non-eager backends)
     machine: MachineState | None = None  # what competed while it was measured (None: cached)
+    lowering: Lowering | None = None  # what a delegate took of the kernel (executorch)
 
     @property
     def median_ms(self) -> float | None:
@@ -151,6 +152,7 @@ class TimingEngine:
         self.runtime = backends.get(self.backend)
         self.backend_info = self.runtime.info(self.cfg.numerics)
         self._backend_id = self.runtime.key_id(self.cfg.numerics)
+        self._backend_label = self.runtime.label(self.cfg.numerics)
         self.setup_s = 0.0
         self._setups = 0
         self.budget_slice_s = self.budget_s  # this backend's share when several run
@@ -234,6 +236,7 @@ class TimingEngine:
                         converged=bool(row["converged"]), graph_median_ms=row["graph_median_ms"],
                         p10_ms=row.get("p10_ms"), p90_ms=row.get("p90_ms"),
                         p99_ms=row.get("p99_ms"))
+                    r.lowering = stored_lowering(row)
         for (b, v), p in self.pairs.items():
             # a stored ratio only beside the stored figures it came with: when either kernel is
             # measured again, so is the ratio (from the same interleaved rounds)
@@ -429,6 +432,7 @@ class TimingEngine:
             stage = "setup"
             t0 = time.perf_counter()
             prepared = self.runtime.prepare(m, xs, self.cfg.numerics)
+            self.results[key].lowering = prepared.lowering
             fn = prepared.fn if targets is None else TrainStep(prepared.fn, targets)
             if self.runtime.reference:  # eager: nothing set up, nothing to check against
                 return Bench(fn, self.cfg, k.expected, cuda_graph=self.runtime.cuda_graph)
@@ -514,7 +518,8 @@ class TimingEngine:
                 "calls_per_sample": m.calls_per_sample, "converged": m.converged,
                 "graph_median_ms": m.graph_median_ms, "measured_at": stamp,
                 "convcost": __version__, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms,
-                "p99_ms": m.p99_ms, "pass": self.cfg.pass_name}
+                "p99_ms": m.p99_ms, "pass": self.cfg.pass_name, "backend_id": self._backend_label,
+                **lowering_fields(self.results[key].lowering)}
 
     # -- summary ------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -16,7 +16,14 @@ from typing import Any
 from torch import nn
 
 from convcost.counting.analysis import AnalysisReport
-from convcost.figures import KernelTiming, LatencyFigure, MachineState, Measurement, ModelLatency
+from convcost.figures import (
+    KernelTiming,
+    LatencyFigure,
+    Lowering,
+    MachineState,
+    Measurement,
+    ModelLatency,
+)
 from convcost.inputs import as_example
 from convcost.timing.canary import Canaries
 from convcost.timing.engine import (
@@ -141,7 +148,7 @@ def kernel_timing(kr: KernelResult, *, source: str | None = None,
     return KernelTiming(measurement=m, source=source or kr.status, setup_s=kr.setup_s,
                         output_check=kr.check, cached_at=kr.cached_at or None,
                         error=kr.error if kr.status == FAILED else None, pair=pair,
-                        roofline=roofline or None, machine=kr.machine)
+                        roofline=roofline or None, machine=kr.machine, lowering=kr.lowering)
 
 
 def _status_text(status: str) -> str:
@@ -219,11 +226,30 @@ def merge_runs(engines: list[TimingEngine], batch: int | None) -> TimingRun:
 
 def _backend_summary(e: TimingEngine) -> dict[str, Any]:
     c = e.counts()
-    return {"fingerprint": e.backend_info, "setup_s": round(e.setup_s, 3),
+    lowered = lowering_summary([r.lowering for r in e.results.values()])
+    return {"fingerprint": {**e.backend_info, **({"lowering": lowered} if lowered else {})},
+            "setup_s": round(e.setup_s, 3),
             "timing_s": round(e.elapsed_s, 3), "measured": c.get(MEASURED, 0),
             "cached": c.get(CACHED, 0), "failed": c.get(FAILED, 0),
             "not_measured_budget": c.get(BUDGET, 0), "interrupted": c.get(INTERRUPTED, 0),
             "time_budget_s": e.budget_slice_s}
+
+
+def lowering_summary(lowerings: Sequence[Lowering | None]) -> dict[str, Any] | None:
+    """What a delegate took over a run's kernels: kernels lowered and fully delegated, nodes
+    inside the delegate and left on the portable kernels, the operators left (None: no kernel
+    was lowered to a delegate)."""
+    known = [lo for lo in lowerings if lo is not None]
+    if not known:
+        return None
+    delegated = sum(lo.delegated_nodes for lo in known)
+    portable = sum(lo.portable_nodes for lo in known)
+    return {"delegate": known[0].delegate, "kernels": len(known),
+            "fully_delegated": sum(lo.complete for lo in known),
+            "delegated_nodes": delegated, "portable_nodes": portable,
+            "portable_ops": sorted({op for lo in known for op in lo.portable_ops}),
+            "delegated_share": round(delegated / (delegated + portable), 4)
+            if delegated + portable else None}
 
 
 # --------------------------------------------------------------------------- analyze

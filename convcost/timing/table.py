@@ -33,13 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from convcost.errors import InputError
+from convcost.figures import Lowering
 from convcost.paths import cache_dir
 
 APPLICATION_ID = 0x43435454  # "CCTT": convcost timing table
-SCHEMA_VERSION = 2
-# columns added in schema 2 (a version-1 table gains them in place, its figures kept):
-# (name, SQL type); a row stored before has them NULL (no tail percentiles; pass inference)
+SCHEMA_VERSION = 3
+# columns added since schema 1, by the version that added them (an older table gains them in
+# place, its figures kept): (name, SQL type); a row stored before has them NULL. 2: tail
+# percentiles and the pass (NULL: inference); 3: the backend's readable id (runtime, version,
+# delegate, threads) and what a delegate took of the kernel (NULL: no delegate)
 ADDED_V2 = (("p10_ms", "REAL"), ("p90_ms", "REAL"), ("p99_ms", "REAL"), ("pass", "TEXT"))
+ADDED_V3 = (("backend_id", "TEXT"), ("delegate", "TEXT"), ("delegated_nodes", "INTEGER"),
+            ("portable_nodes", "INTEGER"), ("portable_ops", "TEXT"))
+ADDED = {2: ADDED_V2, 3: ADDED_V3}
 FILE_NAME = "latency.sqlite"
 LOCK_TIMEOUT_S = 30.0
 
@@ -49,7 +55,7 @@ KERNEL_FIELDS = ("key", "label", "scope", "signature", "in_shapes", "dtype", "me
                  "q3_ms", "min_ms", "max_ms", "n", "calls_per_sample", "converged",
                  "graph_median_ms", "measured_at", "convcost")
 # stored, exported and imported when present; an export of an older convcost lacks them
-OPTIONAL_KERNEL_FIELDS = tuple(name for name, _ in ADDED_V2)
+OPTIONAL_KERNEL_FIELDS = tuple(name for cols in ADDED.values() for name, _ in cols)
 PASSES = ("inference", "training")  # what a timed call is (--pass); training: + backward
 PAIR_FIELDS = ("base_key", "var_key", "ratio", "lo", "hi", "rounds", "measured_at")
 
@@ -60,7 +66,8 @@ CREATE TABLE kernels (
     compute_capability TEXT, driver TEXT, torch TEXT, cuda TEXT, cudnn TEXT, onednn TEXT,
     threads INTEGER, macs INTEGER, median_ms REAL, q1_ms REAL, q3_ms REAL, min_ms REAL,
     max_ms REAL, n INTEGER, calls_per_sample INTEGER, converged INTEGER, graph_median_ms REAL,
-    measured_at TEXT, convcost TEXT, p10_ms REAL, p90_ms REAL, p99_ms REAL, pass TEXT);
+    measured_at TEXT, convcost TEXT,
+    {", ".join(f"{n} {t}" for cols in ADDED.values() for n, t in cols)});
 CREATE TABLE pairs (
     base_key TEXT, var_key TEXT, ratio REAL, lo REAL, hi REAL, rounds INTEGER, measured_at TEXT,
     PRIMARY KEY (base_key, var_key));
@@ -161,9 +168,11 @@ class LatencyTable:
             app = con.execute("PRAGMA application_id").fetchone()[0]
             ver = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if app == APPLICATION_ID and ver == 1 and {"kernels", "pairs"} <= tables:
-                for name, kind in ADDED_V2:  # schema 1 -> 2: new columns, figures kept
-                    con.execute(f"ALTER TABLE kernels ADD COLUMN {name} {kind}")
+            if app == APPLICATION_ID and 1 <= ver < SCHEMA_VERSION and \
+                    {"kernels", "pairs"} <= tables:
+                for v in range(ver + 1, SCHEMA_VERSION + 1):  # new columns, figures kept
+                    for name, kind in ADDED[v]:
+                        con.execute(f"ALTER TABLE kernels ADD COLUMN {name} {kind}")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 ver = SCHEMA_VERSION
             if app == APPLICATION_ID and ver == SCHEMA_VERSION and {"kernels", "pairs"} <= tables:
@@ -404,7 +413,7 @@ def kernel_problem(d: dict[str, Any]) -> str | None:
         return f"macs is {str(d['macs'])[:20]}"
     if d.get("graph_median_ms") is not None and not _ms(d["graph_median_ms"]):
         return f"graph_median_ms is {str(d['graph_median_ms'])[:20]}"
-    why = _tails_problem(d)
+    why = _tails_problem(d) or _lowering_problem(d)
     if why:
         return why
     try:
@@ -431,6 +440,36 @@ def _tails_problem(d: dict[str, Any]) -> str | None:
     if d.get("pass") is not None and d["pass"] not in PASSES:
         return f"pass is {str(d['pass'])[:20]!r}"
     return None
+
+
+def _lowering_problem(d: dict[str, Any]) -> str | None:
+    """The backend id and a delegate's node counts, when stored: text, and non-negative
+    integer counts beside a delegate's name."""
+    for f in ("backend_id", "delegate", "portable_ops"):
+        if d.get(f) is not None and not isinstance(d[f], str):
+            return f"{f} is {str(d[f])[:20]!r}, not text"
+    if d.get("delegate") is not None and not (_count(d.get("delegated_nodes"), 0)
+                                             and _count(d.get("portable_nodes"), 0)):
+        return "a delegate's node count is not a non-negative integer"
+    return None
+
+
+def lowering_fields(lowering: Lowering | None) -> dict[str, Any]:
+    """The latency table's columns for what a delegate took of a kernel (all None: none)."""
+    if lowering is None:
+        return {"delegate": None, "delegated_nodes": None, "portable_nodes": None,
+                "portable_ops": None}
+    return {"delegate": lowering.delegate, "delegated_nodes": lowering.delegated_nodes,
+            "portable_nodes": lowering.portable_nodes,
+            "portable_ops": ",".join(lowering.portable_ops)}
+
+
+def stored_lowering(row: dict[str, Any]) -> Lowering | None:
+    """A validated row's :class:`~convcost.figures.Lowering` (None: no delegate)."""
+    if row.get("delegate") is None:
+        return None
+    ops = tuple(o for o in (row.get("portable_ops") or "").split(",") if o)
+    return Lowering(row["delegate"], row["delegated_nodes"], row["portable_nodes"], ops)
 
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")

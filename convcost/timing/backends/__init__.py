@@ -12,6 +12,8 @@ eager         the module's own forward           (none)           cpu, cuda
 inductor      ``torch.compile`` (inductor)       (none)           cpu (C++ compiler), cuda
 onnxruntime   ``torch.onnx.export`` + session    ``convcost[onnx]``  cpu, cuda (CUDA EP)
 openvino      ``torch.onnx.export`` + OpenVINO   ``convcost[openvino]``  cpu
+executorch    ``torch.export`` + XNNPACK delegate ``convcost[executorch]``  cpu
+              + ExecuTorch runtime
 ============  ================================  ===============  =============================
 """
 
@@ -26,11 +28,13 @@ from convcost.timing.backends.base import (
     tolerance,
 )
 from convcost.timing.backends.eager import EAGER
+from convcost.timing.backends.executorch_xnnpack import EXECUTORCH
 from convcost.timing.backends.inductor import INDUCTOR
 from convcost.timing.backends.onnxrt import ONNXRUNTIME
 from convcost.timing.backends.openvino_cpu import OPENVINO
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (EAGER, INDUCTOR, ONNXRUNTIME, OPENVINO)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (EAGER, INDUCTOR, ONNXRUNTIME, OPENVINO,
+                                                    EXECUTORCH)}
 DEFAULT = "eager"
 
 __all__ = ["BACKENDS", "DEFAULT", "Backend", "OutputMismatch", "Prepared", "SetupError",

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from convcost.figures import Lowering
 from convcost.timing.device import Numerics
 
 # Largest |backend - eager| / max|eager| accepted, per dtype: a different conv algorithm (Winograd,
@@ -37,11 +38,13 @@ class OutputMismatch(RuntimeError):
 class Prepared:
     """A kernel ready to run on a backend: ``fn()`` runs it once on the bound inputs and
     returns its output (a torch tensor). ``setup_s``: seconds spent compiling / exporting /
-    creating the session, never part of a timing."""
+    creating the session, never part of a timing; ``lowering``: what a delegate took of the
+    kernel (a backend that lowers to one)."""
 
     fn: Callable[[], Any]
     setup_s: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
+    lowering: Lowering | None = None
 
 
 class Backend:
@@ -77,6 +80,14 @@ class Backend:
         i = self.info(n)
         return "|".join(str(i.get(k)) for k in ("name", "version", "provider", "graph_opt",
                                                 "precision"))
+
+    def label(self, n: Numerics) -> str:
+        """The readable id stored beside each figure in the latency table (``backend_id``):
+        ``onnxruntime 1.32.0 CPUExecutionProvider 2 threads``."""
+        i = self.info(n)
+        parts = [i.get("name"), i.get("version"), i.get("provider"),
+                 f"{i['threads']} threads" if i.get("threads") else None]
+        return " ".join(str(p) for p in parts if p)
 
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
