@@ -6,14 +6,16 @@ Export, lowering, serialisation and loading are the setup (timed apart, never sa
 runtime's thread pool is set to the timing's thread count (``--threads``, else torch's) before
 each program is loaded; XNNPACK runs its kernels on that pool. What XNNPACK took is counted on
 the lowered graph: the operator nodes inside the delegate's subgraphs, and the nodes left on
-ExecuTorch's portable (reference) kernels, which a phone would run too but slowly. Inputs are
-bound as NCHW tensors (XNNPACK converts to NHWC inside the delegate, as on a device); the
-runtime copies them into its planned memory on every call, as an app's call does.
+ExecuTorch's portable (reference) kernels, which a phone would run too but slowly. Inputs keep
+the run's memory format: contiguous NCHW (XNNPACK converts to NHWC inside the delegate), or
+with ``--channels-last`` a program that takes and returns NHWC tensors; the runtime copies them
+into its planned memory on every call, as an app's call does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import time
 import warnings
@@ -74,7 +76,8 @@ def _lower(module: torch.nn.Module, xs: Sequence[torch.Tensor]) -> tuple[bytes, 
     from executorch.exir import to_edge_transform_and_lower
 
     with torch.inference_mode(False), torch.no_grad():
-        args = tuple(torch.zeros(x.shape, dtype=x.dtype, device=x.device) for x in xs)
+        args = tuple(torch.zeros_like(x) for x in xs)  # the inputs' memory format kept
+        module = _exportable(module)
         try:
             ep = torch.export.export(module, args)
         except Exception as e:
@@ -85,6 +88,17 @@ def _lower(module: torch.nn.Module, xs: Sequence[torch.Tensor]) -> tuple[bytes, 
             return edge.to_executorch().buffer, lowering
         except Exception as e:
             raise SetupError("lowering", e) from e
+
+
+def _exportable(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, or a copy export and lowering accept: made outside inference mode (a module
+    converted for the timing inside it holds inference tensors, which export cannot trace) and
+    with contiguous weights (XNNPACK packs weights itself; its channels-last pass refuses
+    channels-last ones). The memory format of a run is the inputs' (NHWC in and out)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if not any(t.is_inference() or not t.is_contiguous() for t in tensors):
+        return module
+    return copy.deepcopy(module).to(memory_format=torch.contiguous_format)
 
 
 def set_threads(threads: int) -> None:
@@ -115,7 +129,7 @@ class ExecuTorch(Backend):
     def prepare(self, module: torch.nn.Module, inputs: Sequence[torch.Tensor],
                 n: Numerics) -> Prepared:
         t0 = time.perf_counter()
-        xs = [x.contiguous() for x in inputs]
+        xs = list(inputs)
         with _quiet():
             buf, lowering = _lower(module, xs)
             try:
