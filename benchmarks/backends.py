@@ -1,7 +1,7 @@
 """What one `compare` costs per backend, and what fails to export or compile (issue 14).
 
-For each backend (eager, inductor, onnxruntime, openvino; those not installed are listed as
-such), in a fresh process with an empty latency table:
+For each backend (eager, inductor, onnxruntime, openvino, executorch; those not installed are
+listed as such), in a fresh process with an empty latency table:
 - `convcost compare -f json` of the built-in layer (64->64 3x3 on 56x56, batch 32, groups
   1,2,4,8), and
 - `convcost compare examples/models.py:MobileNetV2 --groups 1,2,4 -f json --no-model`
@@ -60,7 +60,7 @@ def _row(name: str, case: str, budget: float, r: dict) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-budget", type=float, default=40.0)
-    ap.add_argument("--backends", default="eager,inductor,onnxruntime,openvino")
+    ap.add_argument("--backends", default="eager,inductor,onnxruntime,openvino,executorch")
     a = ap.parse_args(argv)
     from convcost.timing.backends import BACKENDS
 

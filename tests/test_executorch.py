@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 
@@ -210,3 +212,34 @@ def test_missing_extra_and_cuda_are_one_line_exit_2(monkeypatch):
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert lines == ["convcost: error: --backend executorch: needs the executorch extra: pip "
                      "install 'convcost[executorch]' (convcost_no_such_runtime is not installed)"]
+
+
+def test_csv_rows_carry_the_node_counts():
+    r = invoke("compare", *SMALL, "--groups", "2", "--variants", "grouped,separable",
+               "--backend", "eager,executorch", "--threads", "1", "-f", "csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {row["variant"]: (row["delegated_nodes:executorch"],
+                             row["portable_nodes:executorch"]) for row in rows} == {
+        "original": ("1", "0"), "grouped": ("1", "0"), "separable": ("2", "0")}
+    assert "delegated_nodes:eager" not in rows[0]
+    a = invoke("analyze", SHUFFLE_MODEL, "--input-shape", "1,4,6,6", "--max-time", "0.05",
+               "--time-budget", "600", "--backend", "executorch", "--threads", "1", "-f", "csv")
+    assert a.exit_code == 0, a.output
+    by_name = {row["name"]: row for row in csv.DictReader(io.StringIO(a.stdout))}
+    assert (by_name["conv"]["delegated_nodes"], by_name["conv"]["portable_nodes"]) == ("1", "0")
+    assert (by_name["total"]["delegated_nodes"], by_name["total"]["portable_nodes"]) == ("1", "1")
+
+
+def test_channels_last_program_takes_nhwc_and_is_checked():
+    cfg = TimingConfig(max_time_s=0.05, min_samples=3, min_rounds=2,
+                       numerics=Numerics(threads=1, channels_last=True))
+    e = TimingEngine(cfg, backend="executorch", budget_s=None)
+    mods = [nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2)]
+    keys = e.add_group([Kernel(m, [(2, 8, 8, 8)], (2, 8, 8, 8)) for m in mods], paired=True)
+    e.run()
+    for k in keys:
+        r = e.kernel(k)
+        assert r.status == MEASURED, r.error
+        assert r.check["max_rel_err"] <= r.check["tolerance"]
+        assert r.lowering.complete

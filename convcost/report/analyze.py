@@ -19,7 +19,10 @@ from convcost.report.common import (
     has_tails,
     iqr_cell,
     json_text,
+    lowering_cells,
+    lowering_heads,
     lowering_note,
+    lowers,
     md_table,
     pct,
     roof_cells,
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
     from rich.text import Text as RichText
+
+    from convcost.figures import KernelTiming
 
 
 def _timed(report: AnalysisReport) -> bool:
@@ -221,6 +226,10 @@ def _lowering_lines(report: AnalysisReport) -> list[Any]:
     return out
 
 
+def _timing_on(r: LayerRow, b: str) -> KernelTiming | None:
+    return r.backends[b].timing if b in r.backends else None
+
+
 def _extra_cell(r: LayerRow, b: str) -> str:
     t = r.backends[b].timing if b in r.backends else None
     if _on(r, b) is None and t is not None and t.error:
@@ -390,17 +399,25 @@ def analysis_csv(report: AnalysisReport, depth: int | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     extra = _extra_backends(report)
-    head = _CSV_FIELDS + [f"latency_ms:{b}" for b in extra] + _CSV_TRAIL
+    rows = report.layers if depth is None else _collapse(report, depth)
+    several = len(report.backends) > 1
+    lowered = [b for b, m in report.backends.items()
+               if lowers([m.timing, *(_timing_on(r, b) for r in rows)])]
+    head = (_CSV_FIELDS + [f"latency_ms:{b}" for b in extra] + _CSV_TRAIL
+            + [h for b in lowered for h in lowering_heads(b if several else None)])
     w.writerow(head)
-    for r in (report.layers if depth is None else _collapse(report, depth)):
+    for r in rows:
         d = _layer_dict(r, itemsize(report.dtype))
         w.writerow([csv_cell(d.get(f)) for f in _CSV_FIELDS]
                    + [csv_cell(_on(r, b)) for b in extra]
-                   + [csv_cell(d.get(f)) for f in _CSV_TRAIL])
+                   + [csv_cell(d.get(f)) for f in _CSV_TRAIL]
+                   + [c for b in lowered for c in lowering_cells(_timing_on(r, b))])
     w = _Padded(w, len(head))
     w.writerow(["total", "", "", "", "", "", "", "", "", "", report.params, report.macs,
                 report.flops, csv_cell(report.latency_ms)]
-               + [csv_cell(report.backends[b].latency_ms) for b in extra])
+               + [csv_cell(report.backends[b].latency_ms) for b in extra]
+               + [""] * len(_CSV_TRAIL)  # the whole model's lowering beside its latency
+               + [c for b in lowered for c in lowering_cells(report.backends[b].timing)])
     w.writerow(["total (conv + linear + attention: papers' convention)", "", "", "", "", "", "",
                 "", "", "", report.params, report.paper_macs, 2 * report.paper_macs, ""])
     for n, p in report.never_called:

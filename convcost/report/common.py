@@ -318,6 +318,22 @@ def lowering_note(t: KernelTiming | None) -> str | None:
     return None if lo is None or lo.complete else lo.text()
 
 
+def lowering_heads(backend: str | None) -> list[str]:
+    """CSV columns of what a delegate took of a row's kernel (``:<backend>`` with several)."""
+    suffix = f":{backend}" if backend else ""
+    return [f"delegated_nodes{suffix}", f"portable_nodes{suffix}"]
+
+
+def lowering_cells(t: KernelTiming | None) -> list[Any]:
+    lo = t.lowering if t is not None else None
+    return ["", ""] if lo is None else [lo.delegated_nodes, lo.portable_nodes]
+
+
+def lowers(timings: Iterable[KernelTiming | None]) -> bool:
+    """Whether any of these kernels was lowered to a delegate (its CSV gets the node columns)."""
+    return any(t is not None and t.lowering is not None for t in timings)
+
+
 def csv_cell(v: Any) -> Any:
     if v is None:
         return ""

@@ -15,7 +15,10 @@ from convcost.report.common import (
     has_tails,
     iqr_cell,
     json_text,
+    lowering_cells,
+    lowering_heads,
     lowering_note,
+    lowers,
     md_table,
     roof_cells,
     roofline_of,
@@ -469,8 +472,11 @@ def compare_csv(report: CompareReport) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     extra = [b for b in backend_names(report) if b is not None]
-    w.writerow(_CMP_FIELDS + [f"{f}:{b}" for b in extra for f in _BACKEND_FIELDS])
-    for r in _all_rows(report):
+    rows = _all_rows(report)
+    lowered = [b for b in backend_names(report) if lowers(r.on(b).timing for r in rows)]
+    w.writerow(_CMP_FIELDS + [f"{f}:{b}" for b in extra for f in _BACKEND_FIELDS]
+               + [h for b in lowered for h in lowering_heads(b)])
+    for r in rows:
         lo, hi = r.latency_ci if r.latency_ci is not None else (None, None)
         w.writerow([csv_cell(v) for v in (
             r.layer, r.variant, r.groups, r.params, r.macs, r.flops, r.ratio_params, r.ratio_macs,
@@ -479,14 +485,15 @@ def compare_csv(report: CompareReport) -> str:
             r.backward_macs, *[r.memory.get(k) for k in ("weight_bytes", "activation_bytes",
                                                          "access_bytes",
                                                          "peak_activation_bytes")],
-            *[c for b in extra for c in _backend_cells(r.on(b))])])
+            *[c for b in extra for c in _backend_cells(r.on(b))],
+            *[c for b in lowered for c in lowering_cells(r.on(b).timing)])])
     for note in report.notes:  # convs left as they are (transposed, ...): listed, not dropped
         if note.startswith("not substituted: "):
             layer = note.removeprefix("not substituted: ").split(" ", 1)[0]
             w.writerow([layer, "not substituted", *[""] * 14,
                         note.removeprefix("not substituted: "), "", "", "", "", "", "", "",
                         "", "",
-                        *[""] * (len(extra) * len(_BACKEND_FIELDS))])
+                        *[""] * (len(extra) * len(_BACKEND_FIELDS) + 2 * len(lowered))])
     return buf.getvalue()
 
 
