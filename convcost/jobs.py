@@ -439,6 +439,8 @@ def _time_check_model(check: Any, model: Any, example: Any, macs: int,
                     "p10_ms": meas.p10_ms, "p90_ms": meas.p90_ms, "p99_ms": meas.p99_ms,
                     "backend": engine.backend_info, "setup_s": kr.setup_s,
                     "machine": kr.machine.to_dict() if kr.machine else None}}
+    if kr.lowering is not None:  # what a delegate (XNNPACK) took of the model
+        out["latency"]["lowering"] = kr.lowering.to_dict()
     for p in (90, 99):
         if getattr(meas, f"p{p}_ms") is None:
             out[f"latency_p{p}_failed"] = (f"{meas.n} samples: a p{p} needs "

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -243,3 +244,26 @@ def test_channels_last_program_takes_nhwc_and_is_checked():
         assert r.status == MEASURED, r.error
         assert r.check["max_rel_err"] <= r.check["tolerance"]
         assert r.lowering.complete
+
+
+def test_budget_latency_on_executorch(tmp_path):
+    b = tmp_path / "budget.yaml"
+    b.write_text("version: 1\nchecks:\n  - name: tiny\n"
+                 f"    model: {EXAMPLES / 'tiny.yaml'}\n"
+                 "    limits:\n      latency: {error: '10 s', backend: executorch}\n")
+    r = invoke("check", str(b), "--max-time", "0.05", "-f", "json")
+    assert r.exit_code == 0, r.output
+    lat = json.loads(r.stdout)["metrics"]["tiny"]["latency"]
+    assert lat["backend"]["name"] == "executorch" and lat["setup_s"] > 0
+    assert lat["backend"]["provider"] == "XNNPACK delegate"
+    assert lat["lowering"]["delegate"] == "XNNPACK" and lat["lowering"]["delegated_nodes"] > 0
+    assert lat["lowering"]["portable_nodes"] == 0
+    assert not any("portable" in n for n in json.loads(r.stdout)["notices"])
+    part = tmp_path / "partial.yaml"  # a model XNNPACK does not take whole: a notice says so
+    part.write_text("version: 1\ndefaults: {input: [1, 4, 6, 6]}\nchecks:\n  - name: cumsum\n"
+                    f"    model: {Path(SHUFFLE_MODEL.split(':')[0]).resolve()}:ConvCumsum\n"
+                    "    limits:\n      latency: {error: '10 s', backend: executorch}\n")
+    r = invoke("check", str(part), "--max-time", "0.05", "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert "cumsum: latency on executorch: XNNPACK took 1/2 operator nodes; the rest ran on " \
+           "the portable kernels (aten.cumsum.default)" in json.loads(r.stdout)["notices"]

@@ -166,6 +166,13 @@ def evaluate_check(check: Check, metrics: dict[str, Any], layers: list[Any],
               "activation_memory": metrics.get("activation_memory"),
               "weight_memory": metrics.get("weight_memory")}
     _judge_limits(check, values, metrics, report, on_unmeasured)
+    low = (metrics.get("latency") or {}).get("lowering")
+    if low and low.get("portable_nodes"):  # the figure is not all the delegate's kernels
+        report.notices.append(
+            f"{check.name}: latency on {check.latency.backend}: {low['delegate']} took "
+            f"{low['delegated_nodes']}/{low['delegated_nodes'] + low['portable_nodes']} "
+            f"operator nodes; the rest ran on the portable kernels "
+            f"({', '.join(low['portable_ops'])})")
     for ll in check.layers:
         matching = [r for r in layers if fnmatch.fnmatchcase(r.name, ll.match)]
         if not matching:
