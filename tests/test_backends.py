@@ -21,6 +21,7 @@ from convcost.timing.kernel import Kernel
 from convcost.timing.table import LatencyTable
 from tests.conftest import EXAMPLES
 from tests.fixtures.backend_models import NumpyDetour, Unexportable
+from tests.helpers import latency_budget
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (convcost[onnx]) is part of .[test]")
 
@@ -198,10 +199,7 @@ def test_analyze_model_whose_export_fails_marks_the_row_and_goes_on():
 
 
 def test_budget_latency_on_onnxruntime(tmp_path):
-    b = tmp_path / "budget.yaml"
-    b.write_text("version: 1\nchecks:\n  - name: tiny\n"
-                 f"    model: {EXAMPLES / 'tiny.yaml'}\n"
-                 "    limits:\n      latency: {error: '10 s', backend: onnxruntime}\n")
+    b = latency_budget(tmp_path / "budget.yaml", "onnxruntime")
     r = invoke("check", str(b), "--max-time", "0.05", "-f", "json")
     assert r.exit_code == 0, r.output
     lat = json.loads(r.stdout)["metrics"]["tiny"]["latency"]

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,19 +21,26 @@ from convcost.timing.engine import FAILED, MEASURED, UNSUPPORTED, TimingEngine
 from convcost.timing.harness import TimingConfig
 from convcost.timing.kernel import Kernel
 from convcost.timing.table import ADDED_V3, APPLICATION_ID, LatencyTable, stored_lowering
-from tests.conftest import EXAMPLES, stored_row
+from tests.conftest import EXAMPLES, ROOT, stored_row
 from tests.fixtures.backend_models import Unexportable
 from tests.fixtures.executorch_models import ConvCumsum
+from tests.helpers import latency_budget
 
 pytest.importorskip("executorch", reason="convcost[executorch] is part of .[test]")
 
 SMALL = ["--in", "8", "--out", "8", "--size", "8", "--batch", "2", "--max-time", "0.05",
          "--time-budget", "600"]  # a budget no loaded machine runs out of (setup counts in it)
-SHUFFLE_MODEL = "tests/fixtures/executorch_models.py:ConvCumsum"
+CUMSUM_MODEL = f"{ROOT / 'tests' / 'fixtures' / 'executorch_models.py'}:ConvCumsum"
 
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
+
+
+def _analyze_cumsum(*args: str):
+    """``analyze`` of the conv + cumsum model timed on executorch alone, one thread."""
+    return invoke("analyze", CUMSUM_MODEL, "--input-shape", "1,4,6,6", "--max-time", "0.05",
+                  "--time-budget", "600", "--backend", "executorch", "--threads", "1", *args)
 
 
 def _cfg(threads: int | None = None, dtype: str = "fp32", pass_name: str = "inference"
@@ -182,15 +188,13 @@ def test_compare_eager_and_executorch_side_by_side_json():
 
 
 def test_analyze_names_the_kernels_xnnpack_did_not_take_whole():
-    r = invoke("analyze", SHUFFLE_MODEL, "--input-shape", "1,4,6,6", "--max-time", "0.05",
-               "--time-budget", "600", "--backend", "executorch", "--threads", "1")
+    r = _analyze_cumsum()
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "executorch: not every node on its delegate: whole model XNNPACK 1/2 nodes " \
            "(portable: aten.cumsum.default)" in out
     assert "XNNPACK took 2/3 operator nodes; 1/2 kernels fully" in out
-    j = invoke("analyze", SHUFFLE_MODEL, "--input-shape", "1,4,6,6", "--max-time", "0.05",
-               "--time-budget", "600", "--backend", "executorch", "--threads", "1", "-f", "json")
+    j = _analyze_cumsum("-f", "json")
     d = json.loads(j.stdout)
     conv = next(x for x in d["layers"] if x["name"] == "conv")
     assert conv["timing"]["lowering"]["delegated_share"] == 1.0
@@ -224,8 +228,7 @@ def test_csv_rows_carry_the_node_counts():
                              row["portable_nodes:executorch"]) for row in rows} == {
         "original": ("1", "0"), "grouped": ("1", "0"), "separable": ("2", "0")}
     assert "delegated_nodes:eager" not in rows[0]
-    a = invoke("analyze", SHUFFLE_MODEL, "--input-shape", "1,4,6,6", "--max-time", "0.05",
-               "--time-budget", "600", "--backend", "executorch", "--threads", "1", "-f", "csv")
+    a = _analyze_cumsum("-f", "csv")
     assert a.exit_code == 0, a.output
     by_name = {row["name"]: row for row in csv.DictReader(io.StringIO(a.stdout))}
     assert (by_name["conv"]["delegated_nodes"], by_name["conv"]["portable_nodes"]) == ("1", "0")
@@ -247,10 +250,7 @@ def test_channels_last_program_takes_nhwc_and_is_checked():
 
 
 def test_budget_latency_on_executorch(tmp_path):
-    b = tmp_path / "budget.yaml"
-    b.write_text("version: 1\nchecks:\n  - name: tiny\n"
-                 f"    model: {EXAMPLES / 'tiny.yaml'}\n"
-                 "    limits:\n      latency: {error: '10 s', backend: executorch}\n")
+    b = latency_budget(tmp_path / "budget.yaml", "executorch")
     r = invoke("check", str(b), "--max-time", "0.05", "-f", "json")
     assert r.exit_code == 0, r.output
     lat = json.loads(r.stdout)["metrics"]["tiny"]["latency"]
@@ -259,10 +259,9 @@ def test_budget_latency_on_executorch(tmp_path):
     assert lat["lowering"]["delegate"] == "XNNPACK" and lat["lowering"]["delegated_nodes"] > 0
     assert lat["lowering"]["portable_nodes"] == 0
     assert not any("portable" in n for n in json.loads(r.stdout)["notices"])
-    part = tmp_path / "partial.yaml"  # a model XNNPACK does not take whole: a notice says so
-    part.write_text("version: 1\ndefaults: {input: [1, 4, 6, 6]}\nchecks:\n  - name: cumsum\n"
-                    f"    model: {Path(SHUFFLE_MODEL.split(':')[0]).resolve()}:ConvCumsum\n"
-                    "    limits:\n      latency: {error: '10 s', backend: executorch}\n")
+    # a model XNNPACK does not take whole: a notice says so
+    part = latency_budget(tmp_path / "partial.yaml", "executorch", name="cumsum",
+                          model=CUMSUM_MODEL, defaults="defaults: {input: [1, 4, 6, 6]}\n")
     r = invoke("check", str(part), "--max-time", "0.05", "-f", "json")
     assert r.exit_code == 0, r.output
     assert "cumsum: latency on executorch: XNNPACK took 1/2 operator nodes; the rest ran on " \
